@@ -1,0 +1,243 @@
+"""``config.yaml``: read once at start, validated into typed objects.
+
+Unknown keys are rejected and every error names the key, the value and what was expected.
+Environment variables override the file as CONTRACT section 5 says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rules.params import RulesParams
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+KINDS = ("camera", "water", "rain", "traffic", "grid")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message says where and how."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Strict):
+    url: str = Field(default="embedded", description="mqtt://user:pass@host:port, or 'embedded'")
+    client_id: str = Field(default="citywatch-engine", description="stable id: persistent session")
+    session_expiry_s: int = Field(default=86400, ge=0, description="how long the broker keeps "
+                                  "our session and queued messages while we are away")
+    keepalive_s: int = Field(default=30, ge=5)
+    receive_maximum: int = Field(default=1000, ge=1, le=65535,
+                                 description="unacknowledged messages in flight to us")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v != "embedded" and not re.match(r"^mqtts?://", v):
+            raise ValueError("expected 'embedded' or a URL like mqtt://host:1883")
+        return v
+
+
+class DatabaseConfig(_Strict):
+    url: str = Field(default="embedded", description="a libpq URI, or 'embedded'")
+    batch_max: int = Field(default=500, ge=1, description="messages per write transaction")
+    batch_wait_ms: int = Field(default=50, ge=0, description="how long a batch may wait to fill")
+    retention_days: int = Field(default=90, ge=1,
+                                description="telemetry older than this is dropped")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v != "embedded" and not re.match(r"^postgres(ql)?://", v):
+            raise ValueError("expected 'embedded' or a URL like postgresql://user@host:5432/db")
+        return v
+
+
+class HttpConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+
+
+class ZonesConfig(_Strict):
+    file: Path = Field(description="GeoJSON of zones, relative to this config file")
+
+
+class PresenceConfig(_Strict):
+    silence_timeout_s: float = Field(default=180, gt=0,
+                                     description="no telemetry this long: offline")
+
+
+class Department(_Strict):
+    id: str
+    name: str
+    level: Literal["municipal", "district", "street", "grid"]
+
+
+class Team(_Strict):
+    id: str = Field(description="used in the dispatch topic city/dispatch/{team_id}")
+    name: str
+    department: str
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not DEVICE_ID.match(v):
+            raise ValueError("expected letters, digits, '_' or '-' (it is part of an MQTT topic)")
+        return v
+
+
+class Route(_Strict):
+    hazard: Literal["waterlogging", "falling_object", "traffic"]
+    zone_type: str
+    department: str
+    team: str
+
+
+class Device(_Strict):
+    id: str
+    kind: str
+    position: tuple[float, float] = Field(description="[lon, lat] in WGS 84")
+    name: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not DEVICE_ID.match(v):
+            raise ValueError("expected 1 to 64 of letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("position")
+    @classmethod
+    def _position(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lon, lat = v
+        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            raise ValueError("expected [lon, lat] with lon in -180..180 and lat in -90..90")
+        return v
+
+
+class SimulatorConfig(_Strict):
+    speed: float = Field(default=1.0, gt=0, le=3600, description="simulated seconds per second")
+    telemetry_interval_s: float = Field(default=10, gt=0, description="simulated seconds")
+    seed: int = 1
+
+
+class Config(_Strict):
+    district: str = "Gusu District, Suzhou"
+    broker: BrokerConfig = BrokerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    http: HttpConfig = HttpConfig()
+    zones: ZonesConfig
+    presence: PresenceConfig = PresenceConfig()
+    rules: RulesParams
+    departments: tuple[Department, ...]
+    teams: tuple[Team, ...]
+    routing: tuple[Route, ...]
+    devices: tuple[Device, ...]
+    simulator: SimulatorConfig = SimulatorConfig()
+    base_dir: Path = Field(default=Path("."), exclude=True, description="set by the loader")
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        dept_ids = {d.id for d in self.departments}
+        team_ids = {t.id for t in self.teams}
+        for i, t in enumerate(self.teams):
+            if t.department not in dept_ids:
+                raise ValueError(f"teams[{i}].department: {t.department!r} is not a department id")
+        for i, r in enumerate(self.routing):
+            if r.department not in dept_ids:
+                raise ValueError(
+                    f"routing[{i}].department: {r.department!r} is not a department id")
+            if r.team not in team_ids:
+                raise ValueError(f"routing[{i}].team: {r.team!r} is not a team id")
+        seen: set[str] = set()
+        for i, d in enumerate(self.devices):
+            if d.id in seen:
+                raise ValueError(f"devices[{i}].id: {d.id!r} appears twice")
+            seen.add(d.id)
+        return self
+
+    @property
+    def zones_path(self) -> Path:
+        return self.zones.file if self.zones.file.is_absolute() else self.base_dir / self.zones.file
+
+    def route(self, hazard: str, zone_type: str) -> Route | None:
+        for r in self.routing:
+            if r.hazard == hazard and r.zone_type in (zone_type, "*"):
+                return r
+        return None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _lookup(data: Any, loc: tuple[int | str, ...]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def format_errors(exc: ValidationError, data: Any, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} error(s)"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {_where(loc)}: unknown key (check the spelling)")
+        elif err["type"] == "missing":
+            lines.append(f"  {_where(loc)}: missing; it is required")
+        else:
+            value = _lookup(data, loc)
+            shown = repr(value) if value is not None and len(repr(value)) < 80 else "..."
+            lines.append(f"  {_where(loc)}: got {shown}; {msg}")
+    return "\n".join(lines)
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """CONTRACT section 5: environment variables override the file."""
+    data = dict(data)
+    if url := env.get("CITYWATCH_BROKER_URL"):
+        data["broker"] = {**(data.get("broker") or {}), "url": url}
+    if url := env.get("CITYWATCH_DATABASE_URL"):
+        data["database"] = {**(data.get("database") or {}), "url": url}
+    if port := env.get("CITYWATCH_HTTP_PORT"):
+        data["http"] = {**(data.get("http") or {}), "port": port}
+    return data
+
+
+def parse_config(data: Any, source: str = "config.yaml", base_dir: Path = Path("."),
+                 env: Mapping[str, str] | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    data = apply_env(data, os.environ if env is None else env)
+    try:
+        return Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, data, source)) from None
+
+
+def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path), path.resolve().parent, env)

@@ -1,0 +1,64 @@
+"""Frozen messages decoded from the device side of the contract (CONTRACT section 1).
+
+Built only by ``sensing.decode``; everything after decoding can trust them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Position = tuple[float, float]  # (lon, lat) in WGS 84, as in GeoJSON
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """A periodic measurement. ``(device_id, seq)`` identifies it across redeliveries."""
+
+    device_id: str
+    kind: str
+    ts: datetime  # when measured, timezone-aware UTC
+    seq: int
+    values: Mapping[str, float]
+    loc: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A detection or report. ``(device_id, event_id)`` identifies it across redeliveries."""
+
+    device_id: str
+    kind: str
+    ts: datetime
+    seq: int
+    event_id: str
+    type: str
+    confidence: float | None
+    loc: Position | None  # the impact point for a camera, the worker's position for a grid report
+    body: Mapping[str, Any] = field(default_factory=dict)  # the whole validated payload
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Presence: ``online`` on connect (retained), ``offline`` as the Last Will."""
+
+    device_id: str
+    kind: str
+    state: Literal["online", "offline"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that failed validation, with the reason an engineer can act on."""
+
+    topic: str
+    reason: str  # a short machine-readable code, e.g. "not_json", "unknown_device"
+    detail: str  # a human sentence naming what was wrong
+    payload: bytes
+    device_id: str | None = None
+    kind: str | None = None
+
+
+Message = Telemetry | Event | Status
