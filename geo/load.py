@@ -1,0 +1,132 @@
+"""Zone files (GeoJSON, or anything GDAL reads) to validated :class:`~geo.zones.Zone` objects.
+
+Every feature is checked and every problem is reported at once, so a bad zone file is fixed in one
+round: a unique non-empty ``id``, a known ``type``, a non-empty valid Polygon or MultiPolygon
+inside the lon/lat range, and a ``parent_id`` that names another zone of the same file.
+"""
+
+from __future__ import annotations
+
+import math
+from os import PathLike
+from typing import Any
+
+import geopandas as gpd
+import pandas as pd
+import shapely
+from pyogrio.errors import DataSourceError
+from shapely.geometry.base import BaseGeometry
+from shapely.validation import explain_validity
+
+from geo.crs import WGS84
+from geo.errors import ZoneError
+from geo.zones import ZONE_TYPE_HAZARDS, Zone
+
+_POLYGONAL = ("Polygon", "MultiPolygon")
+
+
+def _text(value: Any) -> str | None:
+    """A property as a stripped string; None for missing, null and NaN (pandas' missing value)."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        # GDAL types an all-numeric column as numbers; an id 7.0 means "7".
+        if value.is_integer():
+            return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def _geometry_problem(geom: BaseGeometry | None) -> str | None:
+    if geom is None:
+        return "no geometry"
+    if geom.geom_type not in _POLYGONAL:
+        return f"geometry is a {geom.geom_type}; expected Polygon or MultiPolygon"
+    if geom.is_empty:
+        return "empty geometry"
+    if not shapely.is_valid(geom):
+        return f"invalid geometry: {explain_validity(geom)}"
+    minx, miny, maxx, maxy = geom.bounds
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        return (f"coordinates out of lon/lat range: bounds ({minx:g}, {miny:g}, {maxx:g}, "
+                f"{maxy:g}); expected lon -180..180, lat -90..90 (is the CRS declared?)")
+    return None
+
+
+def _read(path: str | PathLike[str]) -> Any:
+    where = str(path)
+    try:
+        frame = gpd.read_file(path)
+    except DataSourceError as exc:
+        raise ZoneError([f"{where}: cannot read zones: {exc}"]) from None
+    if frame.crs is not None and not frame.crs.equals(WGS84):
+        # Files may declare e.g. UTM; zones are kept in WGS 84 (CONTRACT: positions are lon/lat).
+        frame = frame.to_crs(WGS84)
+    return frame
+
+
+def load_zones(path: str | PathLike[str]) -> list[Zone]:
+    """Read and validate the zones of a file; raise :class:`ZoneError` listing every problem.
+
+    Properties used: ``id``, ``name`` (defaults to the id), ``type`` (a key of
+    ``ZONE_TYPE_HAZARDS``), ``parent_id`` (optional). Other properties are ignored. A file that
+    declares another CRS is reprojected to WGS 84; one without a CRS is taken as WGS 84.
+    """
+    where = str(path)
+    frame = _read(path)
+    problems: list[str] = []
+    if len(frame) == 0:
+        raise ZoneError([f"{where}: no zones in the file"])
+    columns = set(frame.columns)
+    for required in ("id", "type"):
+        if required not in columns:
+            problems.append(f"{where}: no feature has the property {required!r}")
+    if problems:
+        raise ZoneError(problems)
+
+    zones: list[Zone] = []
+    seen: dict[str, int] = {}
+    for number, row in enumerate(frame.itertuples(index=False), start=1):
+        zone_id = _text(row.id)
+        label = f"zone {zone_id!r}" if zone_id else f"feature #{number}"
+        feature_problems: list[str] = []
+        if zone_id is None:
+            feature_problems.append("missing id")
+        elif zone_id in seen:
+            feature_problems.append(f"id appears twice (first as feature #{seen[zone_id]})")
+        else:
+            seen[zone_id] = number
+        zone_type = _text(row.type)
+        if zone_type not in ZONE_TYPE_HAZARDS:
+            known = ", ".join(ZONE_TYPE_HAZARDS)
+            feature_problems.append(f"unknown type {zone_type!r}; expected one of {known}")
+        geom = row.geometry
+        if (reason := _geometry_problem(geom)) is not None:
+            feature_problems.append(reason)
+        problems.extend(f"{where}: {label}: {p}" for p in feature_problems)
+        if feature_problems or zone_id is None or zone_type is None:
+            continue
+        name = _text(getattr(row, "name", None)) or zone_id
+        parent = _text(getattr(row, "parent_id", None))
+        zones.append(Zone(id=zone_id, name=name, type=zone_type, geometry=geom, parent_id=parent))
+
+    # Parents are checked once all ids are known: a parent may come later in the file.
+    for zone in zones:
+        if zone.parent_id is not None and zone.parent_id not in seen:
+            problems.append(f"{where}: zone {zone.id!r}: parent_id {zone.parent_id!r} is not a "
+                            "zone in this file")
+    parents = {z.id: z.parent_id for z in zones}
+    for zone in zones:
+        # A cycle would make escalation up the hierarchy loop forever.
+        chain, current = {zone.id}, parents.get(zone.id)
+        while current is not None and current not in chain:
+            chain.add(current)
+            current = parents.get(current)
+        if current is not None:
+            problems.append(f"{where}: zone {zone.id!r}: parent_id chain loops back to "
+                            f"{current!r}")
+    if problems:
+        raise ZoneError(problems)
+    return zones

@@ -1,0 +1,618 @@
+"""Build the default district: ``data/zones/gusu.geojson`` and ``config.yaml``.
+
+Reproducible: the same shared data gives byte-identical files. Run from anywhere:
+
+    python scripts/make_district.py            # write both files
+    python scripts/make_district.py --check    # exit 1 if the committed files are out of date
+
+Inputs (read-only, beside the repository): ``../shared/data/suzhou/`` from the repo root.
+
+What it draws, and why:
+- ``gusu``: the real Gusu district boundary (DataV, GCJ-02, converted to WGS 84).
+- ``sip-cbd``: Gusu has only two structures of 54 m or more (a 151 m tower and the 76 m Beisi
+  Pagoda), so the district also takes in the high-rise cluster of the Jinji Lake west CBD of the
+  Suzhou Industrial Park, 2 km east: the OSM SIP outline clipped to a box round the towers.
+- streets (jiedao): no public polygons exist, so each street is the union of the grid cells whose
+  centre is nearest to a hand-placed seed inside the real street's area (so cells nest in streets).
+- grid cells: a regular UTM grid clipped to each district; slivers merge into a neighbour; the
+  cell size is the first that gives 36 cells in Gusu (plus 4 in the CBD: one per grid worker).
+- waterlogging and traffic zones: hand-placed on real roads of the old town (approximate).
+- fall zones: footprint of a tall OSM building buffered by max(10 m, 0.3 x height), minus the
+  footprint, in UTM 51N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import LineString, Point, Polygon, box, mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the script runs without installing the package
+
+from geo.crs import (  # noqa: E402
+    gcj02_to_wgs84_geometry,
+    lonlat_to_utm,
+    to_utm,
+    to_wgs84,
+    utm_to_lonlat,
+)
+from geo.zones import ZONE_TYPE_HAZARDS  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "suzhou"
+ZONES_OUT = REPO / "data" / "zones" / "gusu.geojson"
+CONFIG_OUT = REPO / "config.yaml"
+
+PRECISION = 1e-6  # degrees: ~0.1 m, plenty for zones drawn by hand
+GUSU_CELLS = 36
+CBD_BOX = (120.6565, 31.3095, 120.6790, 31.3260)  # WGS 84, round the Jinji Lake west towers
+SLIVER = 0.35  # a clipped piece under this share of a full cell joins a neighbour
+
+# Street seeds (WGS 84), one inside each real jiedao's area; NBS code -> (English name, seed).
+STREETS: dict[str, tuple[str, tuple[float, float]]] = {
+    "320508017": ("Baiyangwan Subdistrict", (120.556, 31.362)),
+    "320508018": ("Pingjiang Subdistrict", (120.632, 31.322)),
+    "320508019": ("Jinchang Subdistrict", (120.603, 31.320)),
+    "320508020": ("Canglang Subdistrict", (120.590, 31.298)),
+    "320508021": ("Shuangta Subdistrict", (120.636, 31.300)),
+    "320508022": ("Huqiu Subdistrict", (120.580, 31.335)),
+    "320508023": ("Sujin Subdistrict", (120.623, 31.345)),
+    "320508024": ("Wumenqiao Subdistrict", (120.605, 31.275)),
+}
+CBD_STREET_CODE = "320576054"  # Jinjihu Subdistrict (SIP)
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A hand-placed zone: a centreline (or one point) buffered to a width in metres."""
+
+    id: str
+    name: str
+    type: str
+    line: tuple[tuple[float, float], ...]
+    width_m: float
+
+
+# Waterlogging zones on real roads of the old town (approximate WGS 84 positions).
+WATERLOGGING = (
+    Drawn("up-01", "Renmin Road underpass (north, under the railway)", "underpass",
+          ((120.61522, 31.33180), (120.61500, 31.33300)), 20),
+    Drawn("up-02", "Guangji Road railway underpass", "underpass",
+          ((120.59920, 31.33080), (120.59900, 31.33200)), 20),
+    Drawn("up-03", "Tongjing North Road underpass", "underpass",
+          ((120.58000, 31.32900), (120.57980, 31.33020)), 20),
+    Drawn("up-04", "Xihuan Road underpass at Jinmen Road", "underpass",
+          ((120.58800, 31.31180), (120.58800, 31.31300)), 22),
+    Drawn("up-05", "Nanmen Road underpass (Renmin Road south)", "underpass",
+          ((120.61680, 31.28800), (120.61700, 31.28920)), 20),
+    Drawn("up-06", "Pingqi Road railway underpass", "underpass",
+          ((120.63000, 31.33350), (120.63000, 31.33450)), 18),
+    Drawn("lr-01", "Shiquan Street low section (Wangshi Garden)", "low_road",
+          ((120.62900, 31.29850), (120.63050, 31.29850)), 16),
+    Drawn("lr-02", "Ganjiang East Road low section (Xiangmen)", "low_road",
+          ((120.63700, 31.31030), (120.63830, 31.31030)), 30),
+    Drawn("lr-03", "Lindun Road low section (north)", "low_road",
+          ((120.62650, 31.31900), (120.62650, 31.32000)), 20),
+    Drawn("lr-04", "Shantang Street low section (Changmen)", "low_road",
+          ((120.60200, 31.31750), (120.60080, 31.31830)), 12),
+    Drawn("lr-05", "Xujiang Road low section (Xumen)", "low_road",
+          ((120.59650, 31.30100), (120.59500, 31.30100)), 20),
+    Drawn("lr-06", "Baita East Road low section", "low_road",
+          ((120.63200, 31.32000), (120.63340, 31.32000)), 20),
+)
+
+# Traffic zones on main roads. Intersections are one point: a disc of diameter width_m.
+TRAFFIC = (
+    Drawn("x-01", "Renmin Road x Ganjiang Road (Leqiao)", "intersection",
+          ((120.61580, 31.31030),), 90),
+    Drawn("x-02", "Lindun Road x Ganjiang Road", "intersection", ((120.62650, 31.31030),), 80),
+    Drawn("x-03", "Renmin Road x Zhuhui Road", "intersection", ((120.61630, 31.29400),), 80),
+    Drawn("x-04", "Renmin Road x Baita West Road", "intersection", ((120.61550, 31.32000),), 80),
+    Drawn("x-05", "Guangji Road x Jinmen Road", "intersection", ((120.59900, 31.31250),), 80),
+    Drawn("rs-01", "Ganjiang Road (Leqiao to Lindun Road)", "road_segment",
+          ((120.61750, 31.31030), (120.62500, 31.31030)), 36),
+    Drawn("rs-02", "Renmin Road (Guanqian section)", "road_segment",
+          ((120.61570, 31.31200), (120.61550, 31.31850)), 30),
+    Drawn("rs-03", "Pingjiang Road (historic street)", "road_segment",
+          ((120.63180, 31.31150), (120.63180, 31.31900)), 16),
+    Drawn("rs-04", "Shiquan Street (Renmin Road to Fenghuang Street)", "road_segment",
+          ((120.62150, 31.29850), (120.62800, 31.29850)), 20),
+    Drawn("rs-05", "Guangji Road (Changmen section)", "road_segment",
+          ((120.59900, 31.31450), (120.59900, 31.32400)), 30),
+)
+
+# Second gauge or detector in the longer or busier zones: 12 + 4 water, 10 + 8 traffic.
+SECOND_WATER = ("up-01", "up-02", "up-03", "up-04")
+SECOND_TRAFFIC = ("rs-01", "rs-02", "rs-03", "rs-04", "rs-05", "x-01", "x-02", "x-05")
+
+# Tall OSM buildings watched for falling objects: (zone id, OSM name, height m, English name).
+FALL_BUILDINGS = (
+    ("fz-01", "北寺塔", 76.0, "Beisi Pagoda"),
+    ("fz-02", "", 151.0, "South Gusu tower (151 m, unnamed in OSM)"),
+    ("fz-03", "环球188A座", 282.0, "Global 188 Tower A"),
+    ("fz-04", "兆润财富中心A座", 230.0, "Zhaorun Wealth Centre Tower A"),
+    ("fz-05", "苏州中心1号楼", 221.6, "Suzhou Centre Tower 1"),
+    ("fz-06", "凤凰文化广场东楼", 200.0, "Phoenix Cultural Plaza East Tower"),
+    ("fz-07", "苏州中心4号楼", 160.3, "Suzhou Centre Tower 4"),
+    ("fz-08", "交通银行大厦", 100.0, "Bank of Communications Building"),
+)
+# Cameras and the fall zones each watches; cam-03 stands between two towers.
+CAMERAS = (
+    ("cam-01", ("fz-01",)), ("cam-02", ("fz-02",)), ("cam-03", ("fz-03", "fz-06")),
+    ("cam-04", ("fz-04",)), ("cam-05", ("fz-05",)), ("cam-06", ("fz-07",)),
+    ("cam-07", ("fz-08",)),
+)
+CAMERA_RANGE_M = (50.0, 250.0)  # roof of a neighbour: close enough to see the facade
+FALLBACK_M = 120.0
+
+
+@dataclass
+class OutZone:
+    id: str
+    name: str
+    type: str
+    geometry: BaseGeometry  # WGS 84, rounded
+    parent_id: str | None
+    extra: dict[str, Any]
+
+
+def snap(geom: BaseGeometry) -> BaseGeometry:
+    """Round to PRECISION degrees; set_precision keeps the result valid."""
+    out: BaseGeometry = shapely.set_precision(geom, PRECISION)
+    return out
+
+
+def read_json(name: str) -> Any:
+    with (SHARED / name).open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def gusu_boundary() -> BaseGeometry:
+    features = read_json("gusu_320508_datav.json")  # a bare array of one Feature
+    return gcj02_to_wgs84_geometry(shape(features[0]["geometry"]))
+
+
+def cbd_area(gusu: BaseGeometry) -> BaseGeometry:
+    sip = shape(read_json("sip_osm_relation_7363894.geojson")["features"][0]["geometry"])
+    # DataV and OSM boundaries disagree by metres; the districts must not overlap.
+    return sip.intersection(box(*CBD_BOX)).difference(gusu)
+
+
+def street_names() -> dict[str, str]:
+    with (SHARED / "gusu_sip_subdistricts_nbs2023.csv").open(encoding="utf-8") as f:
+        return {row["code"]: row["name"] for row in csv.DictReader(f)}
+
+
+def grid_pieces(area_utm: BaseGeometry, size: float) -> list[BaseGeometry]:
+    """A regular grid of size-metre cells clipped to the area, slivers merged into neighbours."""
+    minx, miny, maxx, maxy = area_utm.bounds
+    x0, y0 = np.floor(minx / size) * size, np.floor(miny / size) * size
+    pieces: list[BaseGeometry] = []
+    for y in np.arange(y0, maxy, size):
+        for x in np.arange(x0, maxx, size):
+            clipped = area_utm.intersection(box(x, y, x + size, y + size))
+            pieces.extend(p for p in getattr(clipped, "geoms", [clipped])
+                          if p.geom_type == "Polygon" and not p.is_empty)
+    big = [p for p in pieces if p.area >= SLIVER * size * size]
+    small = sorted((p for p in pieces if p.area < SLIVER * size * size), key=lambda p: -p.area)
+    for sliver in small:
+        # Join the neighbour sharing the longest border (the nearest one if none touches).
+        shared = [sliver.boundary.intersection(b.boundary).length for b in big]
+        best = int(np.argmax(shared)) if max(shared) > 0 else int(
+            np.argmin([sliver.distance(b) for b in big]))
+        big[best] = big[best].union(sliver)
+    return big
+
+
+def row_major(pieces: list[BaseGeometry], size: float) -> list[BaseGeometry]:
+    """Grid rows north to south, west to east within a row (by representative point, UTM)."""
+    def key(p: BaseGeometry) -> tuple[float, float]:
+        c = p.representative_point()
+        return (-np.floor(c.y / size), c.x)
+    return sorted(pieces, key=key)
+
+
+def gusu_grid(gusu_utm: BaseGeometry) -> tuple[float, list[BaseGeometry]]:
+    for size in np.arange(1300.0, 1800.0, 5.0):
+        pieces = grid_pieces(gusu_utm, float(size))
+        if len(pieces) == GUSU_CELLS:
+            return float(size), row_major(pieces, float(size))
+    raise SystemExit(f"no cell size gives {GUSU_CELLS} cells")
+
+
+def quarters(area_utm: BaseGeometry) -> list[BaseGeometry]:
+    minx, miny, maxx, maxy = area_utm.bounds
+    mx, my = (minx + maxx) / 2, (miny + maxy) / 2
+    boxes = [box(minx, my, mx, maxy), box(mx, my, maxx, maxy),
+             box(minx, miny, mx, my), box(mx, miny, maxx, my)]
+    return [area_utm.intersection(b) for b in boxes]
+
+
+def drawn_geometry(d: Drawn) -> BaseGeometry:
+    x, y = lonlat_to_utm([p[0] for p in d.line], [p[1] for p in d.line])
+    if len(d.line) == 1:
+        # An intersection: a 16-sided disc round the centre.
+        shape_utm = Point(x[0], y[0]).buffer(d.width_m / 2, quad_segs=4)
+    else:
+        shape_utm = LineString(np.column_stack([x, y])).buffer(d.width_m / 2, cap_style="flat")
+    return to_wgs84(shape_utm)
+
+
+def load_buildings() -> list[tuple[str, float, Polygon]]:
+    """Both OSM building files, duplicates (same footprint) once."""
+    seen: set[tuple[float, float]] = set()
+    out: list[tuple[str, float, Polygon]] = []
+    for name in ("suzhou_osm_buildings_2000_with_height.json",
+                 "gusu_oldtown_osm_buildings_8242.json"):
+        for b in read_json(name)["buildings"]:
+            if len(b["coords"]) < 4:
+                continue
+            poly = Polygon(b["coords"])
+            key = (round(poly.centroid.x, 6), round(poly.centroid.y, 6))
+            if key in seen or not poly.is_valid:
+                continue
+            seen.add(key)
+            out.append((b["name"], float(b["height"]), poly))
+    return out
+
+
+def pick_building(buildings: list[tuple[str, float, Polygon]], name: str, height: float,
+                  within: BaseGeometry) -> Polygon:
+    found = [p for n, h, p in buildings if n == name and h == height and within.contains(p)]
+    if len(found) != 1:
+        raise SystemExit(f"expected one building {name!r} of {height} m, found {len(found)}")
+    return found[0]
+
+
+def fall_zone(footprint: Polygon, height: float) -> BaseGeometry:
+    utm = to_utm(footprint)
+    return to_wgs84(utm.buffer(max(10.0, 0.3 * height)).difference(utm))
+
+
+def largest_overlap(geom: BaseGeometry, cells: list[OutZone]) -> str:
+    areas = [to_utm(geom.intersection(c.geometry)).area if geom.intersects(c.geometry) else 0.0
+             for c in cells]
+    return cells[int(np.argmax(areas))].id
+
+
+def along(line: tuple[tuple[float, float], ...], fraction: float) -> tuple[float, float]:
+    x, y = lonlat_to_utm([p[0] for p in line], [p[1] for p in line])
+    p = LineString(np.column_stack([x, y])).interpolate(fraction, normalized=True)
+    lon, lat = utm_to_lonlat(p.x, p.y)
+    return float(lon), float(lat)
+
+
+def offset(pos: tuple[float, float], dx_m: float, dy_m: float) -> tuple[float, float]:
+    x, y = lonlat_to_utm(pos[0], pos[1])
+    lon, lat = utm_to_lonlat(x + dx_m, y + dy_m)
+    return float(lon), float(lat)
+
+
+def rounded(pos: tuple[float, float]) -> tuple[float, float]:
+    return (round(pos[0], 6), round(pos[1], 6))
+
+
+def build() -> tuple[list[OutZone], list[dict[str, Any]], dict[str, Any]]:
+    gusu = snap(gusu_boundary())
+    cbd = snap(cbd_area(gusu))
+    names_cn = street_names()
+    zones: list[OutZone] = [
+        OutZone("gusu", "Gusu District (姑苏区)", "district", gusu, None,
+                {"source": "DataV GeoAtlas 320508, GCJ-02 converted to WGS 84"}),
+        OutZone("sip-cbd", "SIP Jinji Lake west CBD (苏州工业园区湖西CBD)", "district", cbd, None,
+                {"source": "OpenStreetMap relation 7363894 clipped to the CBD towers"}),
+    ]
+
+    # Grid cells, then streets as unions of cells.
+    size, gusu_cells_utm = gusu_grid(to_utm(gusu))
+    cbd_cells_utm = quarters(to_utm(cbd))
+    codes = list(STREETS)
+    seeds_x, seeds_y = lonlat_to_utm([STREETS[c][1][0] for c in codes],
+                                     [STREETS[c][1][1] for c in codes])
+    street_of_cell: list[str] = []
+    for cell in gusu_cells_utm:
+        c = cell.centroid
+        street_of_cell.append(codes[int(np.argmin(np.hypot(seeds_x - c.x, seeds_y - c.y)))])
+    street_of_cell += [CBD_STREET_CODE] * len(cbd_cells_utm)
+    street_id = {code: f"st-{i:02d}" for i, code in enumerate([*codes, CBD_STREET_CODE], 1)}
+
+    cells: list[OutZone] = []
+    for i, (cell_utm, code) in enumerate(zip([*gusu_cells_utm, *cbd_cells_utm], street_of_cell,
+                                             strict=True), 1):
+        english = STREETS[code][0] if code in STREETS else "Jinjihu Subdistrict"
+        cells.append(OutZone(f"cell-{i:02d}", f"Grid cell {i:02d} ({english.split()[0]})",
+                             "grid_cell", snap(to_wgs84(cell_utm)), street_id[code],
+                             {"grid_size_m": size if code in STREETS else None}))
+    streets: list[OutZone] = []
+    for code, sid in street_id.items():
+        members = [c.geometry for c in cells if c.parent_id == sid]
+        if not members:
+            raise SystemExit(f"street {code} got no grid cell: move its seed")
+        english = STREETS[code][0] if code in STREETS else "Jinjihu Subdistrict (CBD part)"
+        streets.append(OutZone(sid, f"{english} ({names_cn[code]})", "street",
+                               snap(shapely.union_all(members)),
+                               "gusu" if code in STREETS else "sip-cbd", {"nbs_code": code}))
+    zones += streets + cells
+
+    # Hand-drawn hazard zones, parented to the grid cell they overlap most.
+    for d in (*WATERLOGGING, *TRAFFIC):
+        geom = snap(drawn_geometry(d))
+        if not gusu.contains(geom):
+            raise SystemExit(f"{d.id} is not inside Gusu")
+        zones.append(OutZone(d.id, d.name, d.type, geom, largest_overlap(geom, cells),
+                             {"source": "drawn on a real road; approximate"}))
+
+    # Fall zones round tall buildings.
+    buildings = load_buildings()
+    footprints: dict[str, Polygon] = {}
+    district_area = gusu.union(cbd)
+    for zid, osm_name, height, english in FALL_BUILDINGS:
+        footprint = pick_building(buildings, osm_name, height, district_area)
+        footprints[zid] = footprint
+        geom = snap(fall_zone(footprint, height))
+        zones.append(OutZone(zid, f"{english}, fall zone", "fall_zone", geom,
+                             largest_overlap(geom, cells),
+                             {"height_m": height, "buffer_m": round(max(10.0, 0.3 * height), 1),
+                              "source": "OpenStreetMap footprint, buffered"}))
+    by_id = {z.id: z for z in zones}
+
+    devices: list[dict[str, Any]] = []
+    # Cameras on the tallest neighbouring roof in range of every watched footprint.
+    taken = {(round(p.centroid.x, 6), round(p.centroid.y, 6)) for p in footprints.values()}
+    for cam_id, watched in CAMERAS:
+        targets = [to_utm(footprints[z]) for z in watched]
+        best: tuple[float, float, Polygon, str] | None = None
+        for name, height, poly in buildings:
+            if (round(poly.centroid.x, 6), round(poly.centroid.y, 6)) in taken:
+                continue
+            if not district_area.contains(poly):
+                continue
+            c = to_utm(poly.centroid)
+            dists = [t.distance(c) for t in targets]
+            if not all(CAMERA_RANGE_M[0] <= d <= CAMERA_RANGE_M[1] for d in dists):
+                continue
+            key = (height, -max(dists))
+            if best is None or key > (best[0], best[1]):
+                best = (height, -max(dists), poly, name)
+        what = " and ".join(FALL_BUILDINGS[int(z[3:]) - 1][3] for z in watched)
+        if best is None:
+            # OSM maps no neighbour here: a roof FALLBACK_M north of the tower, unmapped.
+            c = footprints[watched[0]].centroid
+            pos, label = offset((c.x, c.y), 0, FALLBACK_M), "unmapped neighbouring roof"
+        else:
+            roof = best[2].representative_point()
+            taken.add((round(best[2].centroid.x, 6), round(best[2].centroid.y, 6)))  # one a roof
+            pos, label = (roof.x, roof.y), f"{best[0]:g} m roof"
+        devices.append({"id": cam_id, "kind": "camera", "position": rounded(pos),
+                        "name": f"roof camera ({label}) watching {what}"})
+
+    # Water gauges inside waterlogging zones: one in the middle, or two at the thirds.
+    n = 0
+    for d in WATERLOGGING:
+        fractions = (1 / 3, 2 / 3) if d.id in SECOND_WATER else (0.5,)
+        for k, f in enumerate(fractions):
+            n += 1
+            pos = rounded(along(d.line, f))
+            assert by_id[d.id].geometry.contains(Point(pos)), (d.id, pos)
+            part = f", gauge {k + 1}" if len(fractions) > 1 else ""
+            devices.append({"id": f"wl-{n:02d}", "kind": "water", "position": pos,
+                            "name": f"{d.name}{part}"})
+    # Rain gauges: one per Gusu street, at a point well inside it.
+    for i, st in enumerate(streets[: len(STREETS)], 1):
+        p = st.geometry.centroid
+        if not st.geometry.contains(p):
+            p = st.geometry.representative_point()
+        devices.append({"id": f"rg-{i:02d}", "kind": "rain", "position": rounded((p.x, p.y)),
+                        "name": f"rain gauge, {st.name.split(' (')[0]}"})
+    # Traffic detectors inside traffic zones.
+    n = 0
+    for d in TRAFFIC:
+        two = d.id in SECOND_TRAFFIC
+        if len(d.line) == 1:
+            # Two approaches of an intersection: 15 m west and east of the centre.
+            spots = [offset(d.line[0], -15, 0), offset(d.line[0], 15, 0)] if two else [d.line[0]]
+        else:
+            spots = [along(d.line, 0.25), along(d.line, 0.75)] if two else [along(d.line, 0.5)]
+        for k, spot in enumerate(spots):
+            n += 1
+            pos = rounded(spot)
+            assert by_id[d.id].geometry.contains(Point(pos)), (d.id, pos)
+            part = f", detector {k + 1}" if len(spots) > 1 else ""
+            devices.append({"id": f"tf-{n:02d}", "kind": "traffic", "position": pos,
+                            "name": f"{d.name}{part}"})
+    # Grid terminals: one per grid cell, at its home position inside the cell.
+    for i, cell in enumerate(cells, 1):
+        p = cell.geometry.representative_point()
+        devices.append({"id": f"grid-{i:02d}", "kind": "grid", "position": rounded((p.x, p.y)),
+                        "name": f"grid worker, {cell.name}"})
+
+    summary = {"cell_size_m": size, "streets": {s.id: sum(c.parent_id == s.id for c in cells)
+                                                for s in streets}}
+    return zones, devices, summary
+
+
+def fmt_coords(obj: Any) -> Any:
+    if isinstance(obj, (list, tuple)):
+        if obj and isinstance(obj[0], float):
+            return [round(v, 6) for v in obj]
+        return [fmt_coords(o) for o in obj]
+    return obj
+
+
+def geojson_text(zones: list[OutZone]) -> str:
+    lines = []
+    for z in zones:
+        geom = mapping(z.geometry)
+        feature = {
+            "type": "Feature",
+            "properties": {"id": z.id, "name": z.name, "type": z.type, "parent_id": z.parent_id,
+                           **{k: v for k, v in z.extra.items() if v is not None}},
+            "geometry": {"type": geom["type"], "coordinates": fmt_coords(geom["coordinates"])},
+        }
+        lines.append(json.dumps(feature, ensure_ascii=False, separators=(",", ":")))
+    # One feature a line: compact, yet a diff shows which zone changed.
+    return ('{"type":"FeatureCollection","features":[\n' + ",\n".join(lines) + "\n]}\n")
+
+
+CONFIG_HEAD = """\
+# citywatch configuration: the default district (Gusu, Suzhou, with the SIP Jinji Lake west CBD).
+#
+# GENERATED by scripts/make_district.py together with data/zones/gusu.geojson; edit the template
+# in that script and re-run it (python scripts/make_district.py), or the next run undoes the edit.
+# Schema: citywatch/config.py (unknown keys are rejected). Positions are [lon, lat] in WGS 84.
+# Environment variables override: CITYWATCH_BROKER_URL, CITYWATCH_DATABASE_URL, CITYWATCH_HTTP_PORT.
+
+district: "Gusu District, Suzhou (with the SIP Jinji Lake west CBD)"
+
+broker:
+  url: embedded          # citywatch runs its own broker; or mqtt://user:pass@host:1883
+database:
+  url: embedded          # citywatch runs its own PostgreSQL; or postgresql://user@host:5432/db
+http:
+  host: 127.0.0.1
+  port: 8080
+
+zones:
+  file: data/zones/gusu.geojson   # relative to this file
+
+presence:
+  silence_timeout_s: 180          # no telemetry for 3 minutes: the device counts as offline
+
+rules:
+  waterlogging:
+    # Depth (cm) at which each level starts, per zone type.
+    # low_road: GB 51222-2017 (Technical standard for urban flooding prevention and control)
+    #   counts a road as waterlogged when the water on a lane is deeper than 15 cm: yellow at 15.
+    # underpass: closed to vehicles well before 27 cm (a common closure depth for underpasses;
+    #   a project assumption to confirm with the drainage department): red at 25.
+    thresholds:
+      underpass: {blue_cm: 5, yellow_cm: 10, orange_cm: 15, red_cm: 25}
+      low_road: {blue_cm: 8, yellow_cm: 15, orange_cm: 25, red_cm: 40}
+    hysteresis_cm: 2
+  falling_object:
+    min_confidence: 0.7
+    red_confidence: 0.9
+    clear_after_s: 900
+  traffic:
+    # Speed (km/h) below which each level starts, on urban main roads.
+    blue_kmh: 35
+    yellow_kmh: 25
+    orange_kmh: 12
+    hysteresis_kmh: 5
+
+# Four levels: municipal, district, street (jiedao), grid.
+departments:
+  - {id: sz-emergency, name: Suzhou Municipal Emergency Management Bureau, level: municipal}
+  - {id: sz-fire-rescue, name: Suzhou Fire and Rescue Detachment, level: municipal}
+  - {id: gusu-drainage, name: Gusu District Drainage Department, level: district}
+  - {id: gusu-traffic, name: Gusu Traffic Police Brigade, level: district}
+  - {id: gusu-urban-mgmt, name: Gusu District Urban Management Bureau, level: district}
+  - {id: gusu-building, name: District Building Management Office, level: district}
+{street_departments}
+  - {id: gusu-grid-centre, name: Gusu District Grid Management Centre, level: grid}
+
+teams:
+  - {id: emergency-duty-1, name: Municipal emergency duty desk, department: sz-emergency}
+  - {id: fire-rescue-1, name: Fire and rescue team (Gusu station), department: sz-fire-rescue}
+  - {id: drainage-1, name: Drainage emergency team 1 (mobile pumps), department: gusu-drainage}
+  - {id: drainage-2, name: Drainage emergency team 2, department: gusu-drainage}
+  - {id: traffic-police-1, name: Traffic police patrol 1, department: gusu-traffic}
+  - {id: traffic-police-2, name: Traffic police patrol 2, department: gusu-traffic}
+  - {id: urban-mgmt-1, name: Urban management patrol (cordons), department: gusu-urban-mgmt}
+  - {id: building-mgmt-1, name: Facade inspection team, department: gusu-building}
+{street_teams}
+  - {id: grid-centre-1, name: Grid centre dispatch desk, department: gusu-grid-centre}
+
+# (hazard, zone type) -> department and team; every zone type that carries a hazard has a route.
+# The CBD fall zones go to the same building office: routing keys on zone type, not district.
+routing:
+  - {hazard: waterlogging, zone_type: underpass, department: gusu-drainage, team: drainage-1}
+  - {hazard: waterlogging, zone_type: low_road, department: gusu-drainage, team: drainage-2}
+  - {hazard: falling_object, zone_type: fall_zone, department: gusu-building, team: building-mgmt-1}
+  - {hazard: traffic, zone_type: intersection, department: gusu-traffic, team: traffic-police-1}
+  - {hazard: traffic, zone_type: road_segment, department: gusu-traffic, team: traffic-police-2}
+
+simulator:
+  speed: 1.0
+  telemetry_interval_s: 10
+  seed: 1
+
+# {n_devices} devices: {counts}.
+devices:
+"""
+
+KIND_NOTES = {
+    "camera": "high-altitude cameras, each on a roof near a fall zone",
+    "water": "water-depth gauges, inside the underpass and low-road zones",
+    "rain": "rain gauges, one per Gusu street",
+    "traffic": "traffic detectors, inside the intersection and road-segment zones",
+    "grid": "grid workers' terminals, one per grid cell (home position)",
+}
+
+
+def config_text(zones: list[OutZone], devices: list[dict[str, Any]]) -> str:
+    streets = [z for z in zones if z.type == "street"]
+    street_depts = "\n".join(
+        f"  - {{id: office-{s.id}, name: {s.name.split(' (')[0]} Office, level: street}}"
+        for s in streets)
+    street_teams = "\n".join(
+        f"  - {{id: street-{s.id}-1, name: {s.name.split(' (')[0]} duty team, "
+        f"department: office-{s.id}}}" for s in streets)
+    counts: dict[str, int] = {}
+    for d in devices:
+        counts[d["kind"]] = counts.get(d["kind"], 0) + 1
+    head = (CONFIG_HEAD.replace("{street_departments}", street_depts)
+            .replace("{street_teams}", street_teams)
+            .replace("{n_devices}", str(len(devices)))
+            .replace("{counts}", ", ".join(f"{v} {k}" for k, v in counts.items())))
+    out = [head]
+    kind = None
+    for d in devices:
+        if d["kind"] != kind:
+            kind = d["kind"]
+            out.append(f"  # {counts[kind]} {KIND_NOTES[kind]}\n")
+        lon, lat = d["position"]
+        out.append(f"  - {{id: {d['id']}, kind: {d['kind']}, position: [{lon:.6f}, {lat:.6f}], "
+                   f"name: {json.dumps(d['name'], ensure_ascii=False)}}}\n")
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the committed files instead of writing them")
+    args = parser.parse_args(argv)
+    zones, devices, summary = build()
+    hazard_types = {t for t, h in ZONE_TYPE_HAZARDS.items() if h}
+    if missing := hazard_types - {z.type for z in zones}:
+        raise SystemExit(f"no zone of type {sorted(missing)}")
+    outputs = {ZONES_OUT: geojson_text(zones), CONFIG_OUT: config_text(zones, devices)}
+    if args.check:
+        stale = [p for p, text in outputs.items()
+                 if not p.exists() or p.read_text(encoding="utf-8") != text]
+        for p in stale:
+            print(f"out of date: {p.relative_to(REPO)}")
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    types: dict[str, int] = {}
+    for z in zones:
+        types[z.type] = types.get(z.type, 0) + 1
+    print(f"wrote {ZONES_OUT.relative_to(REPO)}: {len(zones)} zones {types}")
+    print(f"wrote {CONFIG_OUT.relative_to(REPO)}: {len(devices)} devices")
+    print(f"grid cell size {summary['cell_size_m']:g} m; cells per street {summary['streets']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
