@@ -1,0 +1,97 @@
+"""The outbox publisher: sends what ``AlertStore`` queued, in order, and marks it sent.
+
+Rows are written in the same transaction as the alert or work-order change, so a crash between
+the change and the publish loses nothing. A row is marked sent only after the broker's PUBACK; a
+crash after the PUBACK and before the mark resends that one message (teams deduplicate by
+``work_order_id``), which is the only duplicate possible.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+
+class PublishHandle(Protocol):
+    def is_published(self) -> bool: ...
+    def wait_for_publish(self, timeout: float | None = None) -> None: ...
+
+
+Publish = Callable[[str, str, int, bool], PublishHandle]
+
+
+class OutboxPublisher:
+    def __init__(self, conninfo: str, publish: Publish, is_connected: Callable[[], bool],
+                 on_sent: Callable[[str, int], None] | None = None, batch: int = 200) -> None:
+        self._conninfo = conninfo
+        self._publish = publish
+        self._is_connected = is_connected
+        self._on_sent = on_sent
+        self._batch = batch
+        self._wake = threading.Event()
+        self._in_flight: dict[int, tuple[str, PublishHandle]] = {}
+        self.sent = 0
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self._conninfo, autocommit=True)
+                self._drain(conn, stop)
+            except psycopg.OperationalError as exc:
+                log.warning("outbox: database unavailable (%s); retrying", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                stop.wait(1.0)
+            self._wake.wait(0.5)
+            self._wake.clear()
+        if conn is not None:
+            conn.close()
+
+    def _drain(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._settle(conn)
+            if not self._is_connected():
+                return
+            rows = conn.execute(
+                "SELECT id, topic, payload, qos, retain FROM outbox WHERE sent IS NULL "
+                "AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s",
+                (list(self._in_flight), self._batch)).fetchall()
+            if not rows:
+                return
+            for oid, topic, payload, qos, retain in rows:
+                self._in_flight[oid] = (topic, self._publish(topic, payload, qos, retain))
+            deadline = time.monotonic() + 5.0
+            for _topic, handle in list(self._in_flight.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    handle.wait_for_publish(remaining)
+                except (RuntimeError, ValueError):
+                    break  # not connected: paho keeps it queued; settle later
+            self._settle(conn)
+
+    def _settle(self, conn: psycopg.Connection[Any]) -> None:
+        done = [(oid, topic) for oid, (topic, h) in self._in_flight.items() if h.is_published()]
+        if not done:
+            return
+        conn.execute("UPDATE outbox SET sent = now() WHERE id = ANY(%s)",
+                     ([oid for oid, _ in done],))
+        for oid, topic in done:
+            del self._in_flight[oid]
+            self.sent += 1
+            if self._on_sent is not None:
+                self._on_sent(topic, oid)
