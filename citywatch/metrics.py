@@ -1,0 +1,39 @@
+"""Prometheus metrics of one running engine (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter("citywatch_messages_received", "MQTT messages received",
+                                   ["channel"], registry=r)
+        self.rejected = Counter("citywatch_messages_rejected", "messages rejected by validation",
+                                ["reason"], registry=r)
+        self.stored = Counter("citywatch_messages_stored", "messages stored (new, not duplicates)",
+                              ["channel"], registry=r)
+        self.duplicates = Counter("citywatch_messages_duplicate",
+                                  "redelivered messages recognised and counted once", registry=r)
+        self.alerts = Counter("citywatch_alert_changes", "alert changes", ["hazard", "change"],
+                              registry=r)
+        self.orders = Counter("citywatch_work_orders_opened", "work orders opened", ["hazard"],
+                              registry=r)
+        self.published = Counter("citywatch_outbox_published", "dispatches and zone states sent",
+                                 ["kind"], registry=r)
+        self.lag = Gauge("citywatch_ingest_lag_seconds",
+                         "receive-to-commit time of the last batch", registry=r)
+        self.event_lag = Gauge("citywatch_event_lag_seconds",
+                               "measurement-to-commit time of the newest reading", registry=r)
+        self.batch_size = Histogram("citywatch_batch_size", "messages per write transaction",
+                                    buckets=(1, 5, 20, 50, 100, 200, 500, 1000), registry=r)
+        self.db_errors = Counter("citywatch_database_errors",
+                                 "failed write transactions (retried)", registry=r)
+        self.queue_depth = Gauge("citywatch_ingest_queue", "messages waiting to be stored",
+                                 registry=r)
+
+    def total(self, counter: Counter) -> int:
+        return int(sum(s.value for m in counter.collect() for s in m.samples
+                       if s.name.endswith("_total")))

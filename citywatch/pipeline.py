@@ -1,0 +1,269 @@
+"""The ingest worker: broker messages in, one transaction out, then the acks.
+
+For each batch: decode and validate; in ONE database transaction store the new readings and
+events (duplicates recognised by the unique keys), rejections and presence, run the new readings
+through the pure rules, and write the resulting alerts, work orders and outbox rows. Only after
+the commit are the messages acknowledged to the broker and the new rule state adopted. A crash at
+any point therefore either loses nothing (the broker redelivers) or duplicates nothing (the
+redelivered messages are recognised as already stored and are not evaluated again).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from alerts.store import AlertStore, Applied
+from citywatch.metrics import Metrics
+from geo.index import ZoneIndex
+from rules.base import AlertChange, Detection, Observation
+from rules.engine import Engine, EngineState
+from sensing import store
+from sensing.decode import Decoder
+from sensing.models import Event, Rejection, Status, Telemetry
+from sensing.mqtt import Inbound
+
+log = logging.getLogger(__name__)
+
+Position = tuple[float, float]
+
+
+@dataclass
+class Counts:
+    """Running totals for the live status line and the health endpoint."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    alerts_opened: int = 0
+    alerts_cleared: int = 0
+    orders_opened: int = 0
+    last_batch: datetime | None = None
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, *, conninfo: str, decoder: Decoder, engine: Engine, state: EngineState,
+                 index: ZoneIndex, devices: Mapping[str, Position], alert_store: AlertStore,
+                 ack: Callable[[Sequence[tuple[int, int]]], None],
+                 dead_letter: Callable[[Rejection], None], on_committed: Callable[[], None],
+                 metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.05,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._conninfo = conninfo
+        self._decoder = decoder
+        self._engine = engine
+        self.state = state
+        self._index = index
+        self._device_pos = dict(devices)
+        self._device_zones = {d: index.zones_at(*p) for d, p in devices.items()}
+        self._alerts = alert_store
+        self._ack = ack
+        self._dead_letter = dead_letter
+        self._on_committed = on_committed
+        self._metrics = metrics
+        self._batch_max = batch_max
+        self._batch_wait_s = batch_wait_s
+        self._clock = clock
+        # Unbounded on purpose: the broker bounds what is in flight to us by our Receive
+        # Maximum, and paho's network thread must never block here (keepalives would stall).
+        self._queue: queue.Queue[Inbound] = queue.Queue()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._watermark: datetime | None = None
+        self.counts = Counts()
+        self.idle = threading.Event()
+
+    # paho's network thread calls this: hand on, nothing else.
+    def submit(self, message: Inbound) -> None:
+        self._queue.put(message)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            batch = self._take_batch()
+            self._metrics.queue_depth.set(self._queue.qsize())
+            if not batch:
+                self.idle.set()
+                continue
+            self.idle.clear()
+            self._process_until_stored(batch, stop)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _take_batch(self) -> list[Inbound]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._batch_wait_s
+        while len(batch) < self._batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0
+                             else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._conninfo)
+        return self._conn
+
+    def _process_until_stored(self, batch: list[Inbound], stop: threading.Event) -> None:
+        """Retry while the database is down; messages stay unacknowledged meanwhile."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.process(batch)
+                return
+            except psycopg.OperationalError as exc:
+                self._metrics.db_errors.inc()
+                log.warning("database unavailable (%s); %d messages held, retrying in %.1fs",
+                            str(exc).strip().splitlines()[0] if str(exc) else exc, len(batch),
+                            delay)
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def process(self, batch: Sequence[Inbound]) -> None:
+        now = self._clock()
+        decoded = [(m, self._decoder.decode(m.topic, m.payload, now)) for m in batch]
+        conn = self._connection()
+        try:
+            state, applied, rejected = self._store_and_evaluate(conn, decoded)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            # Validation let through something the database refuses. Find the culprit one by
+            # one so the good messages around it are stored, and dead-letter it.
+            conn.rollback()
+            log.error("batch of %d refused by the database (%s); retrying one by one",
+                      len(batch), exc)
+            if len(batch) == 1:
+                m = batch[0]
+                rej = Rejection(m.topic, "storage_error", f"the database refused it: {exc}",
+                                m.payload[:1024])
+                decoded = [(m, rej)]
+                state, applied, rejected = self._store_and_evaluate(conn, decoded)
+            else:
+                for m in batch:
+                    self.process([m])
+                return
+        self.state = state
+        self._ack([(m.mid, m.qos) for m in batch])
+        for rej in rejected:
+            self._dead_letter(rej)
+        self._count(decoded, applied, now)
+        if applied.alerts_opened or applied.alerts_updated or applied.alerts_cleared:
+            self._on_committed()
+
+    def _store_and_evaluate(self, conn: psycopg.Connection[Any],
+                            decoded: Sequence[tuple[Inbound, object]]
+                            ) -> tuple[EngineState, Applied, list[Rejection]]:
+        telemetry: list[Telemetry] = []
+        events: list[Event] = []
+        statuses: list[Status] = []
+        rejected: list[Rejection] = []
+        for _m, d in decoded:
+            if isinstance(d, Telemetry):
+                telemetry.append(d)
+            elif isinstance(d, Event):
+                events.append(d)
+            elif isinstance(d, Status):
+                statuses.append(d)
+            elif isinstance(d, Rejection):
+                rejected.append(d)
+        with conn.transaction(), conn.cursor() as cur:
+            result = store.write_batch(conn, telemetry, events)
+            if rejected:
+                store.record_rejections(conn, rejected)
+            for s in statuses:
+                store.mark_presence(conn, s.device_id, s.state == "online", self._clock())
+            seen: dict[str, datetime] = {}
+            readings: list[Telemetry | Event] = [*telemetry, *events]
+            for r in readings:
+                if r.device_id not in seen or r.ts > seen[r.device_id]:
+                    seen[r.device_id] = r.ts
+            if seen:
+                store.touch_last_seen(conn, seen)
+            state, changes = self._evaluate(result.new_telemetry, result.new_events)
+            applied = self._alerts.apply_changes(cur, changes)
+            self._last_new = len(result.new_telemetry) + len(result.new_events)
+            self._last_dup = len(telemetry) + len(events) - self._last_new
+        return state, applied, rejected
+
+    def _evaluate(self, telemetry: Iterable[Telemetry], events: Iterable[Event]
+                  ) -> tuple[EngineState, list[AlertChange]]:
+        items: list[Observation | Detection] = [self._observation(t) for t in telemetry]
+        items += [self._detection(e) for e in events]
+        items.sort(key=lambda i: i.ts)
+        state = self.state
+        changes: list[AlertChange] = []
+        for item in items:
+            state, ch = self._engine.evaluate(state, item)
+            changes += ch
+            if self._watermark is None or item.ts > self._watermark:
+                self._watermark = item.ts
+        if self._watermark is not None:
+            state, ch = self._engine.tick(state, self._watermark)
+            changes += ch
+        return state, changes
+
+    def _observation(self, t: Telemetry) -> Observation:
+        pos = t.loc or self._device_pos.get(t.device_id)
+        zones = (self._index.zones_at(*t.loc) if t.loc is not None
+                 else self._device_zones.get(t.device_id, ()))
+        return Observation(t.device_id, t.kind, t.ts, t.seq, t.values, pos, zones)
+
+    def _detection(self, e: Event) -> Detection:
+        pos = e.loc or self._device_pos.get(e.device_id)
+        zones = self._index.zones_at(*pos) if pos is not None else ()
+        return Detection(e.device_id, e.kind, e.ts, e.event_id, e.type, e.confidence, pos,
+                         zones, dict(e.body))
+
+    def _count(self, decoded: Sequence[tuple[Inbound, object]], applied: Applied,
+               now: datetime) -> None:
+        m, c = self._metrics, self.counts
+        c.received += len(decoded)
+        c.stored += self._last_new
+        c.duplicates += self._last_dup
+        m.duplicates.inc(self._last_dup)
+        m.batch_size.observe(len(decoded))
+        newest: datetime | None = None
+        for inbound, d in decoded:
+            channel = inbound.topic.rsplit("/", 1)[-1]
+            m.messages_in.labels(channel if channel in ("telemetry", "event", "status")
+                                 else "other").inc()
+            if isinstance(d, Rejection):
+                c.rejected += 1
+                c.rejected_by_reason[d.reason] = c.rejected_by_reason.get(d.reason, 0) + 1
+                m.rejected.labels(d.reason).inc()
+            elif isinstance(d, Telemetry | Event) and (newest is None or d.ts > newest):
+                newest = d.ts
+        m.stored.labels("all").inc(self._last_new)
+        c.alerts_opened += applied.alerts_opened
+        c.alerts_cleared += applied.alerts_cleared
+        c.orders_opened += applied.orders_opened
+        done = self._clock()
+        c.last_batch = done
+        m.lag.set(max((done - min(i.received for i, _ in decoded)).total_seconds(), 0.0))
+        if newest is not None:
+            m.event_lag.set((done - newest).total_seconds())
+        if applied.alerts_opened:
+            m.alerts.labels("any", "opened").inc(applied.alerts_opened)
+        if applied.alerts_cleared:
+            m.alerts.labels("any", "cleared").inc(applied.alerts_cleared)
+        if applied.orders_opened:
+            m.orders.labels("any").inc(applied.orders_opened)
+        _ = now

@@ -1,0 +1,242 @@
+"""The engine and HTTP API, wired together: what ``citywatch serve`` runs.
+
+This is the only place that knows sensing, geo, rules and alerts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+from psycopg_pool import ConnectionPool
+
+from alerts import store as alert_store
+from alerts.api import ApiDeps, create_app
+from alerts.dispatch import OutboxPublisher
+from alerts.store import AlertStore, Route
+from citywatch.config import Config
+from citywatch.metrics import Metrics
+from citywatch.pipeline import Pipeline
+from geo.index import ZoneIndex
+from geo.load import load_zones
+from rules.engine import Engine
+from sensing import store as sensing_store
+from sensing.decode import Decoder
+from sensing.models import Rejection
+from sensing.mqtt import MqttLink
+from sensing.topics import SUBSCRIPTIONS, deadletter_topic
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    broker_url: str
+    database_url: str
+    broker_protocol: str = "5"
+
+
+class Service:
+    """Start with ``start()``, stop with ``stop()``; ``url`` is the HTTP base once started."""
+
+    def __init__(self, config: Config, endpoints: Endpoints, http_port: int | None = None,
+                 client_id: str | None = None) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self._http_port = config.http.port if http_port is None else http_port
+        self._client_id = client_id or config.broker.client_id
+        self.metrics = Metrics()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: uvicorn.Server | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self.url = ""
+        self.storage_mode = ""
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        zones = load_zones(cfg.zones_path)
+        index = ZoneIndex(zones)
+        zone_map = {z.id: z for z in zones}
+        positions = {d.id: d.position for d in cfg.devices}
+        db = self.endpoints.database_url
+        with psycopg.connect(db, autocommit=True) as conn:
+            mode = sensing_store.migrate(conn, retention_days=cfg.database.retention_days)
+            self.storage_mode = (f"timescaledb {mode.timescaledb_version}"
+                                 if mode.backend == "timescaledb" else "postgresql")
+            for step in mode.degraded:
+                log.warning("TimescaleDB feature unavailable: %s", step)
+            alert_store.migrate(conn)
+            sensing_store.upsert_devices(conn, [
+                sensing_store.DeviceSpec(d.id, d.kind, d.position, index.zones_at(*d.position))
+                for d in cfg.devices])
+            levels = alert_store.open_levels(conn)
+        log.info("storage: %s; %d zones; %d devices; %d open alerts restored",
+                 self.storage_mode, len(zones), len(cfg.devices), len(levels))
+
+        engine = Engine(cfg.rules, zone_map)
+        state = engine.restore(levels)
+
+        def route(hazard: str, zone_type: str) -> Route:
+            r = cfg.route(hazard, zone_type)
+            if r is None:
+                return Route("command-centre", None)
+            return Route(r.department, r.team)
+
+        self._link = MqttLink(
+            self.endpoints.broker_url, self._client_id, SUBSCRIPTIONS, self._on_message,
+            protocol=self.endpoints.broker_protocol,
+            session_expiry_s=cfg.broker.session_expiry_s,
+            receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s)
+        self._outbox = OutboxPublisher(
+            db, self._link.publish, self._link.connected.is_set,
+            on_sent=lambda topic, _id: self.metrics.published.labels(
+                "dispatch" if topic.startswith("city/dispatch/") else "zone_state").inc())
+        self.pipeline = Pipeline(
+            conninfo=db, decoder=Decoder({d.id: d.kind for d in cfg.devices}), engine=engine,
+            state=state, index=index, devices=positions, alert_store=AlertStore(zone_map, route),
+            ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
+            metrics=self.metrics, batch_max=cfg.database.batch_max,
+            batch_wait_s=cfg.database.batch_wait_ms / 1000)
+        self._spawn("pipeline", self.pipeline.run)
+        self._spawn("outbox", self._outbox.run)
+        self._link.start()
+        self._start_jobs()
+        self._start_http(zones)
+
+    def _spawn(self, name: str, target: Any) -> None:
+        t = threading.Thread(target=target, args=(self._stop,), name=f"citywatch-{name}",
+                             daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _on_message(self, message: Any) -> None:
+        self.pipeline.submit(message)
+
+    def _dead_letter(self, rej: Rejection) -> None:
+        log.warning("rejected %s from device %s: %s (%s)", rej.topic, rej.device_id or "?",
+                    rej.reason, rej.detail)
+        body = {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
+                "payload": rej.payload[:4096].decode("utf-8", "replace"),
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        self._link.publish(deadletter_topic(rej.kind, rej.device_id),
+                           json.dumps(body, ensure_ascii=True), 1, False)
+
+    def _start_jobs(self) -> None:
+        cfg = self.config
+        db = self.endpoints.database_url
+        sched = BackgroundScheduler(timezone=UTC)
+
+        def silence() -> None:
+            cutoff = datetime.now(UTC) - timedelta(seconds=cfg.presence.silence_timeout_s)
+            try:
+                with psycopg.connect(db, autocommit=True) as conn:
+                    gone = sensing_store.mark_silent_offline(conn, cutoff)
+                if gone:
+                    log.info("offline after %ss of silence: %s", cfg.presence.silence_timeout_s,
+                             ", ".join(gone))
+            except psycopg.OperationalError as exc:
+                log.warning("presence check skipped: database unavailable (%s)", exc)
+
+        def retention() -> None:
+            if self.storage_mode.startswith("timescaledb"):
+                return  # TimescaleDB's own retention policy does it
+            try:
+                with psycopg.connect(db, autocommit=True) as conn:
+                    sensing_store.apply_retention(conn, cfg.database.retention_days,
+                                                  datetime.now(UTC))
+            except psycopg.OperationalError as exc:
+                log.warning("retention skipped: database unavailable (%s)", exc)
+
+        def nudge_outbox() -> None:
+            self._outbox.notify()
+
+        sched.add_job(silence, "interval", seconds=15, id="presence", coalesce=True)
+        sched.add_job(retention, "interval", hours=6, id="retention", coalesce=True,
+                      next_run_time=datetime.now(UTC) + timedelta(seconds=30))
+        sched.add_job(nudge_outbox, "interval", seconds=2, id="outbox", coalesce=True)
+        sched.start()
+        self._scheduler = sched
+
+    def _start_http(self, zones: list[Any]) -> None:
+        self._pool = ConnectionPool(self.endpoints.database_url, min_size=1, max_size=4,
+                                    open=True, kwargs={"autocommit": True})
+        deps = ApiDeps(pool=self._pool, zones=zones, list_devices=_device_features,
+                       health=self.health, registry=self.metrics.registry,
+                       clock=lambda: datetime.now(UTC), static_dir=STATIC_DIR,
+                       team_ids=frozenset(t.id for t in self.config.teams))
+        app = create_app(deps)
+        config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,
+                                log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        thread = threading.Thread(target=self._server.run, name="citywatch-http", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"HTTP server did not start on port {self._http_port}")
+            time.sleep(0.05)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.config.http.host}:{port}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        for t in self._threads:
+            t.join(timeout=5)
+        self._link.stop()
+        if self._pool is not None:
+            self._pool.close()
+
+    # --- health -------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        c = self.pipeline.counts
+        db_ok = True
+        counts: dict[str, Any] = {}
+        try:
+            assert self._pool is not None
+            with self._pool.connection(timeout=2) as conn:
+                counts = alert_store.counts(conn)
+        except (psycopg.Error, AssertionError, Exception):  # health must answer, whatever fails
+            db_ok = False
+        broker_ok = self._link.connected.is_set()
+        return {
+            "status": "ok" if (db_ok and broker_ok) else "degraded",
+            "broker": {"connected": broker_ok, "url": _redact(self.endpoints.broker_url)},
+            "database": {"connected": db_ok, "storage": self.storage_mode},
+            "lag_s": round(self.metrics.lag._value.get(), 3),
+            "counts": {"messages": c.received, "stored": c.stored, "duplicates": c.duplicates,
+                       "rejected": c.rejected, **counts,
+                       "dispatched": self._outbox.sent},
+            "rejected_by_reason": dict(c.rejected_by_reason),
+        }
+
+
+def _device_features(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return [{"id": d.id, "kind": d.kind, "lon": d.position[0] if d.position else None,
+             "lat": d.position[1] if d.position else None, "zone_ids": d.zone_ids,
+             "online": d.online, "last_seen": d.last_seen}
+            for d in sensing_store.list_devices(conn)]
+
+
+def _redact(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

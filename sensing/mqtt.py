@@ -1,0 +1,139 @@
+"""The paho adapter: paho ends here.
+
+The network-thread callback only wraps the message into an ``Inbound`` and hands it on; nothing
+slow runs there. Messages are acknowledged to the broker (MQTT 5 manual ack) only when the caller
+says they are safely stored, so a crash between receipt and commit loses nothing: the broker keeps
+them in our persistent session and redelivers them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUrlError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise BrokerUrlError(f"broker url {url!r}: expected mqtt://[user:pass@]host[:port]")
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, parts.port or (8883 if tls else 1883),
+                   unquote(parts.username) if parts.username else None,
+                   unquote(parts.password) if parts.password else None, tls)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received: datetime
+
+
+class MqttLink:
+    """One paho client: a persistent session that subscribes, acks by hand and publishes."""
+
+    def __init__(self, url: str, client_id: str, subscriptions: Sequence[str],
+                 on_message: Callable[[Inbound], None], *, protocol: str = "5",
+                 session_expiry_s: int = 86400, receive_maximum: int = 1000,
+                 keepalive_s: int = 30, manual_ack: bool = True) -> None:
+        self.address = BrokerAddress.parse(url)
+        self._subs = tuple(subscriptions)
+        self._on_message = on_message
+        self._v5 = protocol == "5"
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        self._keepalive = keepalive_s
+        self.connected = threading.Event()
+        self.connects = 0
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False, manual_ack=manual_ack,
+        )
+        if self.address.username:
+            self._client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls:
+            self._client.tls_set()
+        # Dispatches queued while the broker is away are kept and sent on reconnect.
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    def start(self) -> None:
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self._session_expiry_s
+            props.ReceiveMaximum = self._receive_maximum
+        self._client.connect_async(
+            self.address.host, self.address.port, keepalive=self._keepalive,
+            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def ack(self, mids: Sequence[tuple[int, int]]) -> None:
+        """Acknowledge (mid, qos) pairs, in the order received as MQTT requires."""
+        for mid, qos in mids:
+            if qos > 0:
+                self._client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1,
+                retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _handle_connect(self, client: mqtt.Client, _userdata: object, _flags: mqtt.ConnectFlags,
+                        reason: ReasonCode, _props: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker %s:%s refused the connection: %s", self.address.host,
+                      self.address.port, reason)
+            return
+        self.connects += 1
+        # Subscribing again is harmless with a persistent session and needed after it expired.
+        client.subscribe([(t, 1) for t in self._subs])
+        self.connected.set()
+        log.info("connected to broker %s:%s", self.address.host, self.address.port)
+
+    def _handle_disconnect(self, _client: mqtt.Client, _userdata: object,
+                           _flags: mqtt.DisconnectFlags, reason: ReasonCode,
+                           _props: Properties | None) -> None:
+        if self.connected.is_set():
+            log.warning("lost the broker (%s); reconnecting with backoff", reason)
+        self.connected.clear()
+
+    def _handle_message(self, _client: mqtt.Client, _userdata: object,
+                        msg: mqtt.MQTTMessage) -> None:
+        self._on_message(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
+                                 datetime.now(UTC)))
