@@ -658,7 +658,8 @@ class Decoder:
 
     def _event(self, t: Topic, spec: _Kind, obj: dict[str, Any], now: datetime) -> Event:
         ts = self._ts(_required(obj, "ts"), now)
-        seq = cast(int, _SEQ.check(_required(obj, "seq"), "seq"))
+        # CONTRACT section 1 requires seq on telemetry only; events are identified by event_id.
+        seq = None if obj.get("seq") is None else cast(int, _SEQ.check(obj["seq"], "seq"))
         event_id = _EVENT_ID.check(_required(obj, "event_id"), "event_id")
         etype = _required(obj, "type")
         if not isinstance(etype, str):

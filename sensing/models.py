@@ -32,7 +32,7 @@ class Event:
     device_id: str
     kind: str
     ts: datetime
-    seq: int
+    seq: int | None  # optional on events: event_id identifies them
     event_id: str
     type: str
     confidence: float | None

@@ -155,7 +155,7 @@ _MIGRATIONS: Final[Mapping[int, tuple[sql.SQL, ...]]] = {
                 device_id text NOT NULL,
                 kind text NOT NULL,
                 ts timestamptz NOT NULL,
-                seq bigint NOT NULL,
+                seq bigint,  -- optional on events (CONTRACT section 1)
                 event_id text NOT NULL,
                 type text NOT NULL,
                 confidence double precision,
