@@ -1,0 +1,222 @@
+"""The ``citywatch`` command line (CONTRACT section 5): run, serve, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from citywatch.config import Config, ConfigError, load_config
+from citywatch.service import Endpoints, Service
+
+log = logging.getLogger("citywatch")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        filename=args.log_file)
+    # Our own lines stay readable; the libraries' chatter goes to the log file only.
+    for noisy in ("apscheduler", "httpx", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"citywatch: configuration error\n{exc}", file=sys.stderr)
+        return 2
+    handler: dict[str, int] = {"run": 0}
+    _ = handler
+    try:
+        if args.command == "run":
+            return _run(config, args, with_simulators=True)
+        if args.command == "serve":
+            return _run(config, args, with_simulators=False)
+        return _simulate(config, args)
+    except StartupError as exc:
+        print(f"citywatch: {exc}", file=sys.stderr)
+        return 1
+
+
+class StartupError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="citywatch", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="config.yaml", help="configuration file")
+    common.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    common.add_argument("--log-file", default=None, help="write the log here instead of stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "the whole live system with the simulated district fleet"),
+                       ("serve", "engine and HTTP API against the configured broker and DB")):
+        s = sub.add_parser(name, parents=[common], help=text, description=text)
+        s.add_argument("--data-dir", default="var", type=Path,
+                       help="where embedded broker and database keep their data (default: var)")
+        s.add_argument("--port", type=int, default=None, help="HTTP port (overrides config)")
+        s.add_argument("--duration", type=float, default=None,
+                       help="stop by itself after this many seconds")
+        if name == "run":
+            s.add_argument("--scenario", default="demo", help="simulation scenario (demo)")
+            s.add_argument("--speed", type=float, default=None,
+                           help="simulated seconds per real second (scenario default)")
+            s.add_argument("--seed", type=int, default=None)
+    s = sub.add_parser("simulate", parents=[common], help="simulated devices only")
+    s.add_argument("scenario", help="scenario name, e.g. demo or quiet")
+    s.add_argument("--speed", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--devices", type=int, default=None, help="scale the fleet to N devices")
+    s.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    return p
+
+
+@contextlib.contextmanager
+def _endpoints(config: Config, data_dir: Path) -> Iterator[Endpoints]:
+    """The configured broker and database, or our own embedded ones when none is configured."""
+    from citywatch import embedded
+
+    with contextlib.ExitStack() as stack:
+        broker_url, protocol = config.broker.url, "5"
+        if broker_url == "embedded":
+            print("starting the embedded broker ...", flush=True)
+            try:
+                broker = stack.enter_context(embedded.start_broker(data_dir / "broker"))
+            except Exception as exc:
+                raise StartupError(f"cannot start an embedded broker: {exc}") from exc
+            broker_url, protocol = broker.url, broker.protocol
+            print(f"  {broker.kind} on {broker.url} (MQTT {broker.protocol})", flush=True)
+        db_url = config.database.url
+        if db_url == "embedded":
+            print("starting the embedded PostgreSQL (first start takes a few seconds) ...",
+                  flush=True)
+            try:
+                database = stack.enter_context(embedded.start_database(data_dir / "postgres"))
+            except Exception as exc:
+                raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from exc
+            db_url = database.url
+            print(f"  PostgreSQL on {_redact_db(db_url)}", flush=True)
+        yield Endpoints(broker_url, db_url, protocol)
+
+
+def _redact_db(url: str) -> str:
+    return url.split("?", maxsplit=1)[0]
+
+
+def _run(config: Config, args: argparse.Namespace, *, with_simulators: bool) -> int:
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with _endpoints(config, args.data_dir) as endpoints:
+        service = Service(config, endpoints, http_port=args.port)
+        try:
+            service.start()
+        except Exception as exc:
+            log.exception("start failed")
+            raise StartupError(f"cannot start: {exc}") from exc
+        print(f"\ncitywatch is running: dashboard {service.url}/   API {service.url}/docs   "
+              f"storage {service.storage_mode}", flush=True)
+        sim_thread = None
+        sim_status: dict[str, object] = {}
+        if with_simulators:
+            sim_thread = _start_simulation(config, args, endpoints, stop, sim_status)
+        print("press Ctrl-C to stop\n", flush=True)
+        started = time.monotonic()
+        try:
+            while not stop.wait(1.0):
+                _status_line(service, sim_status)
+                if args.duration is not None and time.monotonic() - started >= args.duration:
+                    break
+        finally:
+            print("\nstopping ...", flush=True)
+            stop.set()
+            if sim_thread is not None:
+                sim_thread.join(timeout=10)
+            service.stop()
+    print("stopped cleanly", flush=True)
+    return 0
+
+
+def _start_simulation(config: Config, args: argparse.Namespace, endpoints: Endpoints,
+                      stop: threading.Event, status: dict[str, object]) -> threading.Thread:
+    from simulators.runner import Simulation
+
+    sim = Simulation(config, args.scenario, seed=args.seed if args.seed is not None else
+                     config.simulator.seed, speed=args.speed, start=datetime.now(UTC))
+
+    def progress(p: object) -> None:
+        status["progress"] = p
+
+    def target() -> None:
+        try:
+            sim.run(endpoints.broker_url, stop, None, progress)
+        except Exception:
+            log.exception("simulation stopped")
+
+    t = threading.Thread(target=target, name="citywatch-simulation", daemon=True)
+    t.start()
+    return t
+
+
+def _status_line(service: Service, sim_status: dict[str, object]) -> None:
+    h = service.health()
+    c = h["counts"]
+    p = sim_status.get("progress")
+    sim = ""
+    if p is not None:
+        sim_time = getattr(p, "sim_time", None)
+        if isinstance(sim_time, datetime):
+            sim = f"sim {sim_time:%H:%M} | "
+    line = (f"{sim}messages {c.get('messages', 0)} | stored {c.get('stored', 0)} | "
+            f"rejected {c.get('rejected', 0)} | alerts open {c.get('alerts_open', '?')} "
+            f"(total {c.get('alerts', '?')}) | work orders {c.get('work_orders', '?')} | "
+            f"dispatched {c.get('dispatched', 0)} | broker "
+            f"{'up' if h['broker']['connected'] else 'DOWN'} | db "
+            f"{'up' if h['database']['connected'] else 'DOWN'}")
+    if sys.stdout.isatty():
+        print("\r" + line.ljust(150), end="", flush=True)
+    elif int(time.monotonic()) % 10 == 0:
+        print(line, flush=True)
+
+
+def _simulate(config: Config, args: argparse.Namespace) -> int:
+    from simulators.runner import Simulation
+
+    if config.broker.url == "embedded":
+        raise StartupError("simulate needs a broker to publish to: set broker.url in the "
+                           "config or CITYWATCH_BROKER_URL (e.g. mqtt://127.0.0.1:1883)")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    sim = Simulation(config, args.scenario, seed=args.seed if args.seed is not None else
+                     config.simulator.seed, speed=args.speed, start=datetime.now(UTC),
+                     devices=args.devices)
+
+    def progress(p: object) -> None:
+        text = getattr(p, "describe", None)
+        line = text() if callable(text) else str(p)
+        if sys.stdout.isatty():
+            print("\r" + str(line).ljust(120), end="", flush=True)
+
+    sim.run(config.broker.url, stop, args.duration, progress)
+    print("\nsimulation stopped", flush=True)
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
