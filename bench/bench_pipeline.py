@@ -101,7 +101,7 @@ def pipeline(config: Config, broker_url: str, db_url: str, items: list[tuple[str
     service = Service(config, Endpoints(broker_url, db_url), http_port=0,
                       client_id=f"bench-engine-{secrets.token_hex(4)}")
     service.start()
-    service._link.connected.wait(10)  # noqa: SLF001 - the bench waits like the tests do
+    service._link.connected.wait(10)
     time.sleep(0.3)
     t0 = time.perf_counter()
     publish(broker_url, items)

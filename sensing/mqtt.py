@@ -8,7 +8,9 @@ them in our persistent session and redelivers them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +58,12 @@ class Inbound:
     received: datetime
 
 
+def no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
+    """Turn Nagle off: paho leaves it on, and QoS 1 acks then wait on delayed-ACK timers."""
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+
+
 class MqttLink:
     """One paho client: a persistent session that subscribes, acks by hand and publishes."""
 
@@ -87,6 +95,7 @@ class MqttLink:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_socket_open = no_delay
 
     def start(self) -> None:
         props = None
