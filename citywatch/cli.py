@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -34,8 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"citywatch: configuration error\n{exc}", file=sys.stderr)
         return 2
-    handler: dict[str, int] = {"run": 0}
-    _ = handler
     try:
         if args.command == "run":
             return _run(config, args, with_simulators=True)
@@ -90,7 +89,8 @@ def _endpoints(config: Config, data_dir: Path) -> Iterator[Endpoints]:
         if broker_url == "embedded":
             print("starting the embedded broker ...", flush=True)
             try:
-                broker = stack.enter_context(embedded.start_broker(data_dir / "broker"))
+                broker = stack.enter_context(embedded.start_broker(
+                    data_dir / "broker", port=_port_if_free(EMBEDDED_BROKER_PORT)))
             except Exception as exc:
                 raise StartupError(f"cannot start an embedded broker: {exc}") from exc
             broker_url, protocol = broker.url, broker.protocol
@@ -106,6 +106,19 @@ def _endpoints(config: Config, data_dir: Path) -> Iterator[Endpoints]:
             db_url = database.url
             print(f"  PostgreSQL on {_redact_db(db_url)}", flush=True)
         yield Endpoints(broker_url, db_url, protocol)
+
+
+# The standard MQTT port when it is free, so `mosquitto_pub` without -p reaches the demo.
+EMBEDDED_BROKER_PORT = 1883
+
+
+def _port_if_free(port: int) -> int | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
 
 
 def _redact_db(url: str) -> str:
