@@ -51,6 +51,7 @@ class ApiDeps:
     clock: Callable[[], datetime]
     static_dir: Path | None = None
     team_ids: frozenset[str] = frozenset()
+    alert_store: store.AlertStore | None = None  # dispatches to a newly assigned team
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
@@ -72,6 +73,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
     @app.exception_handler(TransitionError)
     def _refused(_r: Request, exc: TransitionError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "state": exc.state}, status_code=409)
+
+    @app.exception_handler(store.NotVerified)
+    def _not_verified(_r: Request, exc: store.NotVerified) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "evidence": exc.evidence}, status_code=409)
 
     @app.exception_handler(AlertsError)
     def _bad(_r: Request, exc: AlertsError) -> JSONResponse:
@@ -141,7 +146,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
             raise HTTPException(422, f"team_id {b.team_id!r} is not a configured team")
         with conn() as c:
             return store.act_on_work_order(c, order_id, action, deps.clock(), b.actor, b.reason,
-                                           b.team_id if action == "assign" else None)
+                                           b.team_id if action == "assign" else None,
+                                           deps.alert_store)
 
     @app.get("/metrics")
     def metrics() -> Response:

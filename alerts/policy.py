@@ -1,25 +1,84 @@
-"""Alert hygiene in one place: deadlines by severity, what deserves a dispatch."""
+"""Alert and work-order hygiene in one place: deadlines, reopening, re-dispatch, escalation.
+
+Pure values and decisions; ``alerts.store`` applies them. Built from ``config.yaml``
+(``work_orders:``) by the composition root.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from rules.levels import Level
 
-# How fast a team must answer and fix, by severity. Red is minutes, blue hours.
-RESPOND_WITHIN = {Level.RED: timedelta(minutes=10), Level.ORANGE: timedelta(minutes=30),
-                  Level.YELLOW: timedelta(hours=1), Level.BLUE: timedelta(hours=4)}
-RESOLVE_WITHIN = {Level.RED: timedelta(hours=1), Level.ORANGE: timedelta(hours=2),
-                  Level.YELLOW: timedelta(hours=6), Level.BLUE: timedelta(hours=24)}
+LEVELS = ("grid", "street", "district", "municipal")  # the hierarchy, bottom up
+
+# Hazards whose sensors can tell whether the problem is really gone.
+SENSOR_BACKED = frozenset({"waterlogging", "traffic"})
 
 
-def deadlines(level: Level, raised: datetime) -> tuple[datetime, datetime]:
-    return raised + RESPOND_WITHIN[level], raised + RESOLVE_WITHIN[level]
+@dataclass(frozen=True)
+class Policy:
+    respond_within: Mapping[Level, timedelta] = field(default_factory=lambda: {
+        Level.RED: timedelta(minutes=10), Level.ORANGE: timedelta(minutes=30),
+        Level.YELLOW: timedelta(hours=1), Level.BLUE: timedelta(hours=4)})
+    resolve_within: Mapping[Level, timedelta] = field(default_factory=lambda: {
+        Level.RED: timedelta(hours=1), Level.ORANGE: timedelta(hours=2),
+        Level.YELLOW: timedelta(hours=6), Level.BLUE: timedelta(hours=24)})
+    reopen_window: timedelta = timedelta(hours=2)
+    dispatch_retry: timedelta = timedelta(minutes=2)
+    dispatch_attempts: int = 3
+
+    @classmethod
+    def from_minutes(cls, respond: Mapping[str, float], resolve: Mapping[str, float],
+                     reopen_window_min: float, dispatch_retry_s: float,
+                     dispatch_attempts: int) -> Policy:
+        def by_level(m: Mapping[str, float]) -> dict[Level, timedelta]:
+            return {Level[name.upper()]: timedelta(minutes=v) for name, v in m.items()}
+
+        return cls(by_level(respond), by_level(resolve), timedelta(minutes=reopen_window_min),
+                   timedelta(seconds=dispatch_retry_s), dispatch_attempts)
+
+    def deadlines(self, level: Level, start: datetime) -> tuple[datetime, datetime]:
+        return start + self.respond_within[level], start + self.resolve_within[level]
 
 
 def should_dispatch(old: Level | None, new: Level) -> bool:
     """A team hears of an incident once, and again only when it gets worse (no storms)."""
     return new.more_severe_than(old)
+
+
+@dataclass(frozen=True, slots=True)
+class Office:
+    """A department as escalation sees it."""
+
+    id: str
+    level: str
+    zone_id: str | None
+    team_id: str | None
+
+
+def escalation_target(current_level: str, zone_chain: Sequence[str],
+                      offices: Sequence[Office]) -> Office | None:
+    """The office one level up the hierarchy that answers for the zone, or None at the top.
+
+    ``zone_chain`` is the zone and its ancestors (the zone first). Among the offices of the next
+    level that have a team, one bound to a zone of the chain wins over one bound to none (a street
+    office over a district-wide one); a level with no such office is skipped.
+    """
+    try:
+        start = LEVELS.index(current_level) + 1
+    except ValueError:
+        start = len(LEVELS)
+    for level in LEVELS[start:]:
+        candidates = [o for o in offices if o.level == level and o.team_id is not None
+                      and (o.zone_id is None or o.zone_id in zone_chain)]
+        if candidates:
+            candidates.sort(key=lambda o: zone_chain.index(o.zone_id) if o.zone_id in zone_chain
+                            else len(zone_chain))
+            return candidates[0]
+    return None
 
 
 INSTRUCTIONS = {
@@ -28,4 +87,5 @@ INSTRUCTIONS = {
     "falling_object": "Cordon the area at the foot of the building; find the floor and the source "
                       "with building management; keep pedestrians away.",
     "traffic": "Check the road on site; direct traffic and clear the blockage.",
+    "device_fault": "Inspect the device: its readings are not trusted until it is repaired.",
 }

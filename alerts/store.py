@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
 
-from alerts.lifecycle import NotFound, next_alert_state, next_work_order_state
-from alerts.policy import INSTRUCTIONS, deadlines, should_dispatch
+from alerts.lifecycle import (
+    AlertsError,
+    NotFound,
+    next_alert_state,
+    next_work_order_state,
+)
+from alerts.policy import (
+    INSTRUCTIONS,
+    SENSOR_BACKED,
+    Office,
+    Policy,
+    escalation_target,
+    should_dispatch,
+)
 from geo.zones import Zone
 from rules.base import AlertChange
 from rules.levels import Level
@@ -83,6 +96,24 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent timestamptz
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent IS NULL;
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS duplicates int NOT NULL DEFAULT 0;
+ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS escalation_level text;
+ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS flags text[] NOT NULL DEFAULT '{}';
+ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS reopened int NOT NULL DEFAULT 0;
+-- A dispatch stays here until the team answers; unanswered ones are resent, then escalated.
+CREATE TABLE IF NOT EXISTS dispatches (
+    id bigserial PRIMARY KEY,
+    work_order_id text NOT NULL REFERENCES work_orders (id),
+    team_id text NOT NULL,
+    payload text NOT NULL,
+    first_sent timestamptz NOT NULL,
+    last_sent timestamptz NOT NULL,
+    attempts int NOT NULL DEFAULT 1,
+    acked timestamptz,
+    ack_status text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dispatches_unanswered ON dispatches (work_order_id, team_id)
+    WHERE acked IS NULL;
 """
 
 
@@ -97,15 +128,51 @@ class Route:
     team_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class Applied:
-    """What one batch of changes did, for metrics and the live view."""
+    """What one batch of changes or checks did, for metrics and the live view."""
 
     alerts_opened: int = 0
     alerts_updated: int = 0
     alerts_cleared: int = 0
+    alerts_reactivated: int = 0
     orders_opened: int = 0
+    orders_reopened: int = 0
     dispatches: int = 0
+    dispatches_suppressed: int = 0
+    redispatches: int = 0
+    escalations: int = 0
+    acks: int = 0
+    by_hazard: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def changed(self) -> bool:
+        return any((self.alerts_opened, self.alerts_updated, self.alerts_cleared,
+                    self.alerts_reactivated, self.orders_reopened, self.dispatches,
+                    self.redispatches, self.escalations, self.acks))
+
+
+class AckLike(Protocol):
+    @property
+    def team_id(self) -> str: ...
+    @property
+    def work_order_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def note(self) -> str: ...
+
+
+class NotVerified(AlertsError):
+    """The sensors still show the hazard: a close or resolve is refused, with the evidence."""
+
+    def __init__(self, message: str, evidence: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+class AckRefused(AlertsError):
+    """A team's answer that cannot be applied; it goes to the dead-letter topic with this reason."""
 
 
 def _iso(ts: datetime) -> str:
@@ -117,21 +184,29 @@ def _json(obj: Any) -> str:
 
 
 class AlertStore:
-    """Applies rule changes. ``route`` maps (hazard, zone) to a department and team."""
+    """Applies rule changes, team answers and deadlines inside the caller's transaction.
 
-    def __init__(self, zones: Mapping[str, Zone], route: Any) -> None:
+    One incident per (zone, hazard): a hazard that comes back within the reopen window
+    reactivates its alert and reopens its work order instead of opening new ones, so a flapping
+    zone is one line for the operator and one order for the team.
+    """
+
+    def __init__(self, zones: Mapping[str, Zone], route: Callable[[str, str], Route],
+                 policy: Policy | None = None, offices: Sequence[Office] = ()) -> None:
         self._zones = zones
         self._route = route
+        self.policy = policy or Policy()
+        self._offices = tuple(offices)
+        self._office_level = {o.id: o.level for o in offices}
 
+    # --- rule changes -------------------------------------------------------------------
     def apply_changes(self, cur: psycopg.Cursor[Any], changes: Iterable[AlertChange]) -> Applied:
-        opened = updated = cleared = orders = dispatches = 0
+        out = Applied()
         touched_zones: dict[str, datetime] = {}
         for ch in changes:
             key = f"{ch.zone_id}|{ch.hazard}"
-            cur.execute(
-                "SELECT id, severity, work_order_id FROM alerts WHERE open_key = %s FOR UPDATE",
-                (key,),
-            )
+            cur.execute("SELECT id, severity, work_order_id FROM alerts WHERE open_key = %s "
+                        "FOR UPDATE", (key,))
             row = cur.fetchone()
             evidence = [dict(e) for e in ch.evidence]
             if ch.level is None:
@@ -139,110 +214,314 @@ class AlertStore:
                     cur.execute(
                         "UPDATE alerts SET state = 'resolved', cleared = %s, updated = %s, "
                         "open_key = NULL, evidence = evidence || %s::jsonb WHERE id = %s",
-                        (ch.ts, ch.ts, _json(evidence), row[0]),
-                    )
-                    cleared += 1
+                        (ch.ts, ch.ts, _json(evidence), row[0]))
+                    out.alerts_cleared += 1
+                    out.by_hazard[ch.hazard, "cleared"] += 1
                     touched_zones[ch.zone_id] = ch.ts
                 continue
             if row is None:
-                dispatches += self._open(cur, ch, key, evidence)
-                opened += 1
-                orders += 1
+                if not self._reactivate(cur, ch, key, evidence, out):
+                    self._open(cur, ch, key, evidence, out)
             else:
                 alert_id, old_sev, order_id = row
                 if old_sev == int(ch.level):
                     continue
-                cur.execute(
-                    "UPDATE alerts SET severity = %s, title = %s, updated = %s, "
-                    "evidence = evidence || %s::jsonb WHERE id = %s",
-                    (int(ch.level), ch.title, ch.ts, _json(evidence), alert_id),
-                )
-                updated += 1
+                cur.execute("UPDATE alerts SET severity = %s, title = %s, updated = %s, "
+                            "evidence = evidence || %s::jsonb WHERE id = %s",
+                            (int(ch.level), ch.title, ch.ts, _json(evidence), alert_id))
+                out.alerts_updated += 1
+                out.by_hazard[ch.hazard, "updated"] += 1
                 if order_id is not None:
-                    dispatches += self._escalate_order(cur, order_id, Level(old_sev), ch)
+                    self._order_level_changed(cur, order_id, ch, out)
             touched_zones[ch.zone_id] = ch.ts
         for zone_id, ts in touched_zones.items():
             queue_zone_state(cur, zone_id, ts)
-        return Applied(opened, updated, cleared, orders, dispatches)
+        return out
+
+    def _reactivate(self, cur: psycopg.Cursor[Any], ch: AlertChange, key: str,
+                    evidence: list[dict[str, Any]], out: Applied) -> bool:
+        """The same hazard back soon after it ended: the same incident, not a new one."""
+        assert ch.level is not None
+        cutoff = ch.ts - self.policy.reopen_window
+        cur.execute(
+            "SELECT id, work_order_id FROM alerts WHERE zone_id = %s AND hazard = %s "
+            "AND open_key IS NULL AND state = 'resolved' AND COALESCE(cleared, updated) >= %s "
+            "ORDER BY COALESCE(cleared, updated) DESC LIMIT 1 FOR UPDATE",
+            (ch.zone_id, ch.hazard, cutoff))
+        row = cur.fetchone()
+        if row is None:
+            return False
+        alert_id, order_id = row
+        cur.execute(
+            "UPDATE alerts SET state = 'active', open_key = %s, cleared = NULL, severity = %s, "
+            "title = %s, updated = %s, duplicates = duplicates + 1, "
+            "evidence = evidence || %s::jsonb WHERE id = %s",
+            (key, int(ch.level), ch.title, ch.ts, _json(evidence), alert_id))
+        out.alerts_reactivated += 1
+        out.by_hazard[ch.hazard, "reactivated"] += 1
+        if order_id is None:
+            return True
+        cur.execute("SELECT state, severity, team_id FROM work_orders WHERE id = %s FOR UPDATE",
+                    (order_id,))
+        order = cur.fetchone()
+        if order is None:
+            return True
+        state, severity, team_id = order
+        cur.execute("UPDATE work_orders SET duplicates = duplicates + 1, updated = %s "
+                    "WHERE id = %s", (ch.ts, order_id))
+        if state in ("resolved", "closed"):
+            respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
+            cur.execute("UPDATE work_orders SET state = 'open', severity = %s, respond_by = %s, "
+                        "resolve_by = %s, reopened = reopened + 1 WHERE id = %s",
+                        (int(ch.level), respond_by, resolve_by, order_id))
+            self._history(cur, order_id, ch.ts, state, "open", "system",
+                          f"reopened: {ch.hazard} came back at {ch.zone_id} within "
+                          f"{_minutes(self.policy.reopen_window)} of clearing ({ch.title})")
+            out.orders_reopened += 1
+            if team_id is not None:
+                self._dispatch(cur, order_id, team_id, ch, respond_by, "reopened")
+                out.dispatches += 1
+        elif should_dispatch(Level(severity), ch.level):
+            self._order_level_changed(cur, order_id, ch, out)
+        else:
+            self._history(cur, order_id, ch.ts, state, state, "system",
+                          f"{ch.hazard} back at {ch.zone_id}; counted as a duplicate")
+            out.dispatches_suppressed += 1
+        return True
 
     def _open(self, cur: psycopg.Cursor[Any], ch: AlertChange, key: str,
-              evidence: list[dict[str, Any]]) -> int:
+              evidence: list[dict[str, Any]], out: Applied) -> None:
         assert ch.level is not None
         zone = self._zones.get(ch.zone_id)
-        route: Route = self._route(ch.hazard, zone.type if zone else "")
+        route = self._route(ch.hazard, zone.type if zone else "")
         cur.execute("SELECT 'AL-' || lpad(nextval('alert_seq')::text, 6, '0'), "
                     "'WO-' || lpad(nextval('work_order_seq')::text, 6, '0')")
         ids = cur.fetchone()
         assert ids is not None
         alert_id, order_id = ids
-        respond_by, resolve_by = deadlines(ch.level, ch.ts)
+        respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
         cur.execute(
             "INSERT INTO alerts (id, hazard, severity, state, zone_id, raised, updated, title, "
             "evidence, work_order_id, open_key) VALUES (%s,%s,%s,'active',%s,%s,%s,%s,%s,%s,%s)",
             (alert_id, ch.hazard, int(ch.level), ch.zone_id, ch.ts, ch.ts, ch.title,
-             _json(evidence), order_id, key),
-        )
+             _json(evidence), order_id, key))
         cur.execute(
             "INSERT INTO work_orders (id, alert_ids, hazard, severity, zone_id, department, "
-            "team_id, state, created, updated, respond_by, resolve_by, title) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s)",
+            "team_id, state, created, updated, respond_by, resolve_by, title, "
+            "escalation_level) VALUES (%s,%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s)",
             (order_id, [alert_id], ch.hazard, int(ch.level), ch.zone_id, route.department,
-             route.team_id, ch.ts, ch.ts, respond_by, resolve_by, ch.title),
-        )
-        reason = f"opened for alert {alert_id}; routed to {route.department}"
-        self._history(cur, order_id, ch.ts, None, "open", "system", reason)
+             route.team_id, ch.ts, ch.ts, respond_by, resolve_by, ch.title,
+             self._office_level.get(route.department)))
+        self._history(cur, order_id, ch.ts, None, "open", "system",
+                      f"opened for alert {alert_id}; routed to {route.department}"
+                      + (f", team {route.team_id}" if route.team_id else ", no team"))
+        out.alerts_opened += 1
+        out.orders_opened += 1
+        out.by_hazard[ch.hazard, "opened"] += 1
         if route.team_id is None:
             log.warning("no team for %s in zone %s: work order %s is not dispatched",
                         ch.hazard, ch.zone_id, order_id)
-            return 0
-        self._dispatch(cur, order_id, route.team_id, ch, zone, respond_by)
-        return 1
+            return
+        self._dispatch(cur, order_id, route.team_id, ch, respond_by, "new")
+        out.dispatches += 1
 
-    def _escalate_order(self, cur: psycopg.Cursor[Any], order_id: str, old: Level,
-                        ch: AlertChange) -> int:
+    def _order_level_changed(self, cur: psycopg.Cursor[Any], order_id: str, ch: AlertChange,
+                             out: Applied) -> None:
         assert ch.level is not None
-        cur.execute("SELECT team_id, state, created FROM work_orders WHERE id = %s FOR UPDATE",
+        cur.execute("SELECT team_id, state, severity FROM work_orders WHERE id = %s FOR UPDATE",
                     (order_id,))
         row = cur.fetchone()
         if row is None:
-            return 0
-        team_id, state, created = row
-        worse = should_dispatch(old, ch.level)
-        if worse:
+            return
+        team_id, state, old = row
+        old_level = Level(old)
+        if should_dispatch(old_level, ch.level):
             # Deadlines tighten when the level rises; they never relax when it falls.
-            respond_by, resolve_by = deadlines(ch.level, created)
+            respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
             cur.execute("UPDATE work_orders SET severity = %s, updated = %s, "
                         "respond_by = LEAST(respond_by, %s), resolve_by = LEAST(resolve_by, %s) "
-                        "WHERE id = %s",
+                        "WHERE id = %s RETURNING respond_by",
                         (int(ch.level), ch.ts, respond_by, resolve_by, order_id))
-        else:
-            cur.execute("UPDATE work_orders SET severity = %s, updated = %s WHERE id = %s",
-                        (int(ch.level), ch.ts, order_id))
+            got = cur.fetchone()
+            self._history(cur, order_id, ch.ts, state, state, "system",
+                          f"severity {old_level.colour} -> {ch.level.colour}")
+            if team_id is not None and state != "closed" and got is not None:
+                self._dispatch(cur, order_id, team_id, ch, got[0], "worse")
+                out.dispatches += 1
+            return
+        # A falling level is recorded but not dispatched: the team is already on it.
+        cur.execute("UPDATE work_orders SET updated = %s WHERE id = %s", (ch.ts, order_id))
         self._history(cur, order_id, ch.ts, state, state, "system",
-                      f"severity {old.colour} -> {ch.level.colour}")
-        if not worse or team_id is None or state == "closed":
-            return 0
-        cur.execute("SELECT respond_by FROM work_orders WHERE id = %s", (order_id,))
-        rb = cur.fetchone()
-        assert rb is not None
-        self._dispatch(cur, order_id, team_id, ch, self._zones.get(ch.zone_id), rb[0])
-        return 1
+                      f"{ch.hazard} eased to {ch.level.colour} (order stays "
+                      f"{old_level.colour}; no dispatch)")
+        out.dispatches_suppressed += 1
 
-    def _dispatch(self, cur: psycopg.Cursor[Any], order_id: str, team_id: str, ch: AlertChange,
-                  zone: Zone | None, respond_by: datetime) -> None:
-        assert ch.level is not None
+    def _dispatch(self, cur: psycopg.Cursor[Any], order_id: str, team_id: str,
+                  ch: AlertChange | None, respond_by: datetime, why: str,
+                  now: datetime | None = None) -> None:
+        """Queue a warning for the team in the outbox, and track it until the team answers."""
+        cur.execute("SELECT hazard, severity, zone_id, title FROM work_orders WHERE id = %s",
+                    (order_id,))
+        row = cur.fetchone()
+        assert row is not None
+        hazard, severity, zone_id, title = row
+        issued = now or (ch.ts if ch is not None else respond_by)
+        zone = self._zones.get(zone_id)
         loc = None
         if zone is not None:
             c = zone.geometry.representative_point()
             loc = [round(c.x, 6), round(c.y, 6)]
         payload = {
-            "work_order_id": order_id, "hazard": ch.hazard, "severity": int(ch.level),
-            "zone_id": ch.zone_id, "loc": loc, "title": ch.title,
-            "instructions": INSTRUCTIONS.get(ch.hazard, "Check on site."),
-            "issued": _iso(ch.ts), "respond_by": _iso(respond_by),
+            "work_order_id": order_id, "hazard": hazard, "severity": severity,
+            "zone_id": zone_id, "loc": loc, "title": ch.title if ch is not None else title,
+            "instructions": INSTRUCTIONS.get(hazard, "Check on site."),
+            "issued": _iso(issued), "respond_by": _iso(respond_by), "reason": why,
         }
         cur.execute("INSERT INTO outbox (topic, payload, qos, retain) VALUES (%s, %s, 1, false)",
                     (f"city/dispatch/{team_id}", _json(payload)))
+        cur.execute(
+            "INSERT INTO dispatches (work_order_id, team_id, payload, first_sent, last_sent) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (work_order_id, team_id) WHERE acked IS NULL "
+            "DO UPDATE SET payload = EXCLUDED.payload, last_sent = EXCLUDED.last_sent, "
+            "attempts = 1", (order_id, team_id, _json(payload), issued, issued))
+
+    # --- team answers -------------------------------------------------------------------
+    def apply_ack(self, cur: psycopg.Cursor[Any], ack: AckLike, now: datetime) -> Applied:
+        out = Applied()
+        cur.execute("SELECT state, team_id, hazard FROM work_orders WHERE id = %s FOR UPDATE",
+                    (ack.work_order_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise AckRefused(f"no work order {ack.work_order_id!r}")
+        state, team_id, hazard = row
+        if team_id != ack.team_id:
+            raise AckRefused(f"work order {ack.work_order_id} is with team {team_id!r}, "
+                             f"not {ack.team_id!r}")
+        cur.execute("UPDATE dispatches SET acked = %s, ack_status = %s WHERE work_order_id = %s "
+                    "AND team_id = %s AND acked IS NULL", (now, ack.status, ack.work_order_id,
+                                                           ack.team_id))
+        out.acks += 1
+        note = f": {ack.note}" if ack.note else ""
+        actor = f"team {ack.team_id}"
+        if ack.status in ("accepted", "on_site"):
+            if state in ("open", "assigned"):
+                self._move(cur, ack.work_order_id, "accept", state, now, actor,
+                           f"{ack.status}{note}")
+            else:
+                self._history(cur, ack.work_order_id, now, state, state, actor,
+                              f"{ack.status}{note}")
+        elif ack.status == "resolved":
+            still = self._still_active(cur, ack.work_order_id) if hazard in SENSOR_BACKED else []
+            if still:
+                self._history(cur, ack.work_order_id, now, state, state, actor,
+                              f"reported resolved{note}, but the sensors still show "
+                              f"{hazard} ({', '.join(still)}): not resolved")
+            elif state in ("assigned", "accepted", "open"):
+                if state == "open":
+                    self._move(cur, ack.work_order_id, "accept", state, now, actor, "implied")
+                    state = "accepted"
+                self._move(cur, ack.work_order_id, "resolve", state, now, actor,
+                           f"resolved{note}")
+        elif ack.status == "rejected":
+            self._history(cur, ack.work_order_id, now, state, state, actor, f"rejected{note}")
+            self._escalate(cur, ack.work_order_id, now, f"team {ack.team_id} rejected it{note}",
+                           out)
+        cur.execute("UPDATE work_orders SET updated = %s WHERE id = %s",
+                    (now, ack.work_order_id))
+        return out
+
+    def _still_active(self, cur: psycopg.Cursor[Any], order_id: str) -> list[str]:
+        cur.execute("SELECT a.id || ' ' || a.title FROM alerts a JOIN work_orders w "
+                    "ON a.id = ANY(w.alert_ids) WHERE w.id = %s AND a.open_key IS NOT NULL",
+                    (order_id,))
+        return [r[0] for r in cur.fetchall()]
+
+    def _move(self, cur: psycopg.Cursor[Any], order_id: str, action: str, state: str,
+              now: datetime, actor: str, reason: str) -> str:
+        new_state = next_work_order_state(order_id, state, action)
+        cur.execute("UPDATE work_orders SET state = %s, updated = %s WHERE id = %s",
+                    (new_state, now, order_id))
+        self._history(cur, order_id, now, state, new_state, actor, reason)
+        return new_state
+
+    # --- deadlines and unanswered dispatches ------------------------------------------------
+    def check(self, conn: psycopg.Connection[Any], now: datetime) -> Applied:
+        """Resend unanswered dispatches, escalate orders past a deadline. ``now`` is given so a
+        test can drive it with its own clock."""
+        out = Applied()
+        with conn.transaction(), conn.cursor() as cur:
+            cutoff = now - self.policy.dispatch_retry
+            cur.execute(
+                "SELECT d.id, d.work_order_id, d.team_id, d.payload, d.attempts, w.state "
+                "FROM dispatches d "
+                "JOIN work_orders w ON w.id = d.work_order_id AND w.team_id = d.team_id "
+                "WHERE d.acked IS NULL AND d.last_sent <= %s AND w.state IN ('open', 'assigned') "
+                "ORDER BY d.id FOR UPDATE OF d", (cutoff,))
+            for did, order_id, team_id, payload, attempts, state in cur.fetchall():
+                if attempts >= self.policy.dispatch_attempts:
+                    cur.execute("UPDATE dispatches SET acked = %s, ack_status = 'unanswered' "
+                                "WHERE id = %s", (now, did))
+                    self._escalate(cur, order_id, now, f"no answer from team {team_id} after "
+                                   f"{attempts} dispatches", out)
+                    continue
+                body = json.loads(payload)
+                body["attempt"] = attempts + 1
+                cur.execute("INSERT INTO outbox (topic, payload, qos, retain) "
+                            "VALUES (%s, %s, 1, false)", (f"city/dispatch/{team_id}", _json(body)))
+                cur.execute("UPDATE dispatches SET attempts = attempts + 1, last_sent = %s "
+                            "WHERE id = %s", (now, did))
+                self._history(cur, order_id, now, state, state, "system",
+                              f"dispatch repeated (attempt {attempts + 1}): no answer from "
+                              f"team {team_id}")
+                out.redispatches += 1
+            cur.execute(
+                "SELECT id, CASE WHEN state = 'accepted' THEN 'resolve_by' ELSE 'respond_by' END "
+                "FROM work_orders WHERE NOT ('overdue_at_top' = ANY(flags)) AND ("
+                "(state IN ('open', 'assigned') AND respond_by <= %s) OR "
+                "(state = 'accepted' AND resolve_by <= %s)) ORDER BY id FOR UPDATE",
+                (now, now))
+            for order_id, which in cur.fetchall():
+                self._escalate(cur, order_id, now, f"{which} passed", out)
+        return out
+
+    def _escalate(self, cur: psycopg.Cursor[Any], order_id: str, now: datetime, why: str,
+                  out: Applied) -> None:
+        cur.execute("SELECT state, department, zone_id, severity, escalation_level "
+                    "FROM work_orders WHERE id = %s FOR UPDATE", (order_id,))
+        row = cur.fetchone()
+        assert row is not None
+        state, department, zone_id, severity, level = row
+        current = level or self._office_level.get(department, "district")
+        target = escalation_target(current, self._zone_chain(zone_id), self._offices)
+        if target is None or target.team_id is None:
+            cur.execute("UPDATE work_orders SET flags = CASE WHEN 'overdue_at_top' = ANY(flags) "
+                        "THEN flags ELSE array_append(flags, 'overdue_at_top') END, "
+                        "updated = %s WHERE id = %s", (now, order_id))
+            self._history(cur, order_id, now, state, state, "system",
+                          f"{why}; already at the top of the hierarchy ({current}): flagged")
+            return
+        respond_by, resolve_by = self.policy.deadlines(Level(severity), now)
+        new_state = "assigned"
+        cur.execute("UPDATE work_orders SET department = %s, team_id = %s, escalation_level = %s, "
+                    "state = %s, respond_by = %s, resolve_by = GREATEST(resolve_by, %s), "
+                    "updated = %s WHERE id = %s",
+                    (target.id, target.team_id, target.level, new_state, respond_by, resolve_by,
+                     now, order_id))
+        self._history(cur, order_id, now, state, new_state, "system",
+                      f"{why}: escalated from {department} ({current}) to {target.id} "
+                      f"({target.level}), team {target.team_id}")
+        self._dispatch(cur, order_id, target.team_id, None, respond_by, "escalated", now)
+        out.escalations += 1
+        out.dispatches += 1
+
+    def _zone_chain(self, zone_id: str) -> list[str]:
+        chain: list[str] = []
+        current: str | None = zone_id
+        while current is not None and current not in chain:
+            chain.append(current)
+            zone = self._zones.get(current)
+            current = zone.parent_id if zone is not None else None
+        return chain
 
     @staticmethod
     def _history(cur: psycopg.Cursor[Any], order_id: str, ts: datetime, from_state: str | None,
@@ -250,6 +529,10 @@ class AlertStore:
         cur.execute("INSERT INTO work_order_history (work_order_id, ts, from_state, to_state, "
                     "actor, reason) VALUES (%s,%s,%s,%s,%s,%s)",
                     (order_id, ts, from_state, to_state, actor, reason))
+
+
+def _minutes(td: timedelta) -> str:
+    return f"{td.total_seconds() / 60:g} min"
 
 
 def queue_zone_state(cur: psycopg.Cursor[Any], zone_id: str, ts: datetime) -> None:
@@ -278,12 +561,12 @@ def zone_levels(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 ALERT_COLUMNS = ("id, hazard, severity, state, zone_id, raised, updated, cleared, title, "
-                 "evidence, work_order_id")
+                 "evidence, work_order_id, duplicates")
 
 
 def _alert_json(row: Mapping[str, Any], with_evidence: bool) -> dict[str, Any]:
     out = {k: row[k] for k in ("id", "hazard", "severity", "state", "zone_id", "title",
-                               "work_order_id")}
+                               "work_order_id", "duplicates")}
     for k in ("raised", "updated", "cleared"):
         out[k] = _iso(row[k]) if row[k] is not None else None
     ev = row["evidence"] or []
@@ -329,14 +612,16 @@ def act_on_alert(conn: psycopg.Connection[Any], alert_id: str, action: str,
 
 
 ORDER_COLUMNS = ("id, alert_ids, hazard, severity, zone_id, department, team_id, state, created, "
-                 "respond_by, resolve_by, duplicates, title")
+                 "respond_by, resolve_by, duplicates, title, flags, escalation_level, reopened, "
+                 "updated")
 
 
 def _order_json(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | None
                 ) -> dict[str, Any]:
     out = {k: row[k] for k in ("id", "alert_ids", "hazard", "severity", "zone_id", "department",
-                               "team_id", "state", "duplicates", "title")}
-    for k in ("created", "respond_by", "resolve_by"):
+                               "team_id", "state", "duplicates", "title", "flags",
+                               "escalation_level", "reopened")}
+    for k in ("created", "respond_by", "resolve_by", "updated"):
         out[k] = _iso(row[k])
     if history is not None:
         out["history"] = [{"ts": _iso(h["ts"]), "from": h["from_state"], "to": h["to_state"],
@@ -373,18 +658,43 @@ def get_work_order(conn: psycopg.Connection[Any], order_id: str) -> dict[str, An
 
 
 def act_on_work_order(conn: psycopg.Connection[Any], order_id: str, action: str, now: datetime,
-                      actor: str, reason: str, team_id: str | None = None) -> dict[str, Any]:
+                      actor: str, reason: str, team_id: str | None = None,
+                      store: AlertStore | None = None) -> dict[str, Any]:
+    """An operator's action. Closing or resolving an order whose sensors still show the hazard
+    is refused with the evidence (no templated close); a close with nothing to back it is
+    flagged for review. ``store`` (when given) dispatches to a newly assigned team."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT state FROM work_orders WHERE id = %s FOR UPDATE", (order_id,))
+        cur.execute("SELECT state, hazard, team_id, respond_by FROM work_orders WHERE id = %s "
+                    "FOR UPDATE", (order_id,))
         row = cur.fetchone()
         if row is None:
             raise NotFound(f"no work order {order_id!r}")
-        new_state = next_work_order_state(order_id, row[0], action)
-        cur.execute("UPDATE work_orders SET state = %s, updated = %s, "
-                    "team_id = COALESCE(%s, team_id) WHERE id = %s",
+        state, hazard, old_team, respond_by = row
+        new_state = next_work_order_state(order_id, state, action)
+        if action in ("resolve", "close") and hazard in SENSOR_BACKED:
+            cur.execute(
+                "SELECT a.id, a.title, a.severity, a.evidence FROM alerts a JOIN work_orders w ON "
+                "a.id = ANY(w.alert_ids) WHERE w.id = %s AND a.open_key IS NOT NULL", (order_id,))
+            active = cur.fetchall()
+            if active:
+                evidence = [{"alert_id": a, "title": t, "severity": sev,
+                             "latest": (ev or [])[-3:]} for a, t, sev, ev in active]
+                raise NotVerified(
+                    f"work order {order_id} cannot {action}: the sensors still show {hazard} "
+                    f"({'; '.join(t for _a, t, _s, _e in active)})", evidence)
+        flags_sql = ""
+        if action == "close" and hazard not in SENSOR_BACKED and not reason.strip():
+            # Nothing confirms the problem is gone: no sensor can, and no note or photo does.
+            flags_sql = ", flags = array_append(flags, 'review_close_without_evidence')"
+        cur.execute(f"UPDATE work_orders SET state = %s, updated = %s, "
+                    f"team_id = COALESCE(%s, team_id){flags_sql} WHERE id = %s",
                     (new_state, now, team_id, order_id))
-        AlertStore._history(cur, order_id, now, row[0], new_state, actor,
-                            reason or f"{action} by {actor}")
+        AlertStore._history(cur, order_id, now, state, new_state, actor,
+                            (reason or f"{action} by {actor}")
+                            + (" [flagged for review: closed without evidence]"
+                               if flags_sql else ""))
+        if action == "assign" and team_id and team_id != old_team and store is not None:
+            store._dispatch(cur, order_id, team_id, None, max(respond_by, now), "assigned", now)
     return get_work_order(conn, order_id)
 
 

@@ -79,6 +79,9 @@ class Department(_Strict):
     id: str
     name: str
     level: Literal["municipal", "district", "street", "grid"]
+    zone_id: str | None = Field(
+        default=None, description="the zone it answers for (a street office: its street); "
+        "escalation picks the most specific department one level up")
 
 
 class Team(_Strict):
@@ -123,6 +126,39 @@ class Device(_Strict):
         return v
 
 
+LevelName = Literal["red", "orange", "yellow", "blue"]
+
+
+class WorkOrdersConfig(_Strict):
+    """Deadlines, re-dispatch and reopening: the policy that keeps the order mountain small."""
+
+    respond_within_min: dict[LevelName, float] = Field(
+        default={"red": 10, "orange": 30, "yellow": 60, "blue": 240},
+        description="minutes for a team to accept an order, by severity")
+    resolve_within_min: dict[LevelName, float] = Field(
+        default={"red": 60, "orange": 120, "yellow": 360, "blue": 1440},
+        description="minutes to resolve an order, by severity")
+    reopen_window_min: float = Field(
+        default=120, ge=0, description="a hazard back within this long after it cleared reopens "
+        "its incident and order instead of opening new ones")
+    dispatch_retry_s: float = Field(
+        default=120, gt=0, description="resend an unacknowledged dispatch after this long")
+    dispatch_attempts: int = Field(
+        default=3, ge=1, description="sends before an unacknowledged dispatch escalates")
+    check_every_s: float = Field(
+        default=5, gt=0, description="how often deadlines and dispatches are checked")
+
+    @field_validator("respond_within_min", "resolve_within_min")
+    @classmethod
+    def _all_levels(cls, v: dict[str, float]) -> dict[str, float]:
+        missing = {"red", "orange", "yellow", "blue"} - set(v)
+        if missing:
+            raise ValueError(f"expected a value for every level; missing {sorted(missing)}")
+        if any(m <= 0 for m in v.values()):
+            raise ValueError("expected positive minutes")
+        return v
+
+
 class SimulatorConfig(_Strict):
     speed: float = Field(default=1.0, gt=0, le=3600, description="simulated seconds per second")
     telemetry_interval_s: float = Field(default=10, gt=0, description="simulated seconds")
@@ -142,6 +178,7 @@ class Config(_Strict):
     routing: tuple[Route, ...]
     devices: tuple[Device, ...]
     simulator: SimulatorConfig = SimulatorConfig()
+    work_orders: WorkOrdersConfig = WorkOrdersConfig()
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by the loader")
 
     @model_validator(mode="after")

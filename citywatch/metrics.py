@@ -31,6 +31,10 @@ class Metrics:
                                     buckets=(1, 5, 20, 50, 100, 200, 500, 1000), registry=r)
         self.db_errors = Counter("citywatch_database_errors",
                                  "failed write transactions (retried)", registry=r)
+        self.policy = Counter("citywatch_policy_actions",
+                              "what alert hygiene did: dispatches suppressed, alerts reactivated, "
+                              "orders reopened, redispatches, escalations, team answers",
+                              ["action"], registry=r)
         self.queue_depth = Gauge("citywatch_ingest_queue", "messages waiting to be stored",
                                  registry=r)
 

@@ -21,14 +21,14 @@ from typing import Any
 
 import psycopg
 
-from alerts.store import AlertStore, Applied
+from alerts.store import AckRefused, AlertStore, Applied
 from citywatch.metrics import Metrics
 from geo.index import ZoneIndex
 from rules.base import AlertChange, Detection, Observation
 from rules.engine import Engine, EngineState
 from sensing import store
 from sensing.decode import Decoder
-from sensing.models import Event, Rejection, Status, Telemetry
+from sensing.models import DispatchAck, Event, Rejection, Status, Telemetry
 from sensing.mqtt import Inbound
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,15 @@ class Counts:
     orders_opened: int = 0
     last_batch: datetime | None = None
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class BatchOutcome:
+    state: EngineState
+    applied: Applied
+    rejected: list[Rejection]
+    new: int
+    duplicates: int
 
 
 class Pipeline:
@@ -141,7 +150,7 @@ class Pipeline:
         decoded = [(m, self._decoder.decode(m.topic, m.payload, now)) for m in batch]
         conn = self._connection()
         try:
-            state, applied, rejected = self._store_and_evaluate(conn, decoded)
+            outcome = self._store_and_evaluate(conn, decoded, now)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
@@ -150,46 +159,45 @@ class Pipeline:
             conn.rollback()
             log.error("batch of %d refused by the database (%s); retrying one by one",
                       len(batch), exc)
-            if len(batch) == 1:
-                m = batch[0]
-                rej = Rejection(m.topic, "storage_error", f"the database refused it: {exc}",
-                                m.payload[:1024])
-                decoded = [(m, rej)]
-                state, applied, rejected = self._store_and_evaluate(conn, decoded)
-            else:
+            if len(batch) > 1:
                 for m in batch:
                     self.process([m])
                 return
-        self.state = state
+            m = batch[0]
+            decoded = [(m, Rejection(m.topic, "storage_error",
+                                     f"the database refused it: {exc}", m.payload[:1024]))]
+            outcome = self._store_and_evaluate(conn, decoded, now)
+        self.state = outcome.state
         self._ack([(m.mid, m.qos) for m in batch])
-        for rej in rejected:
+        for rej in outcome.rejected:
             self._dead_letter(rej)
-        self._count(decoded, applied, now)
-        if applied.alerts_opened or applied.alerts_updated or applied.alerts_cleared:
+        self._count(decoded, outcome)
+        if outcome.applied.changed:
             self._on_committed()
 
     def _store_and_evaluate(self, conn: psycopg.Connection[Any],
-                            decoded: Sequence[tuple[Inbound, object]]
-                            ) -> tuple[EngineState, Applied, list[Rejection]]:
+                            decoded: Sequence[tuple[Inbound, object]], now: datetime
+                            ) -> BatchOutcome:
         telemetry: list[Telemetry] = []
         events: list[Event] = []
         statuses: list[Status] = []
+        acks: list[tuple[Inbound, DispatchAck]] = []
         rejected: list[Rejection] = []
-        for _m, d in decoded:
+        for m, d in decoded:
             if isinstance(d, Telemetry):
                 telemetry.append(d)
             elif isinstance(d, Event):
                 events.append(d)
             elif isinstance(d, Status):
                 statuses.append(d)
+            elif isinstance(d, DispatchAck):
+                acks.append((m, d))
             elif isinstance(d, Rejection):
                 rejected.append(d)
         with conn.transaction(), conn.cursor() as cur:
             result = store.write_batch(conn, telemetry, events)
-            if rejected:
-                store.record_rejections(conn, rejected)
             for s in statuses:
-                store.mark_presence(conn, s.device_id, s.state == "online", self._clock())
+                store.mark_presence(conn, s.device_id, s.state == "online", now)
             seen: dict[str, datetime] = {}
             readings: list[Telemetry | Event] = [*telemetry, *events]
             for r in readings:
@@ -199,9 +207,20 @@ class Pipeline:
                 store.touch_last_seen(conn, seen)
             state, changes = self._evaluate(result.new_telemetry, result.new_events)
             applied = self._alerts.apply_changes(cur, changes)
-            self._last_new = len(result.new_telemetry) + len(result.new_events)
-            self._last_dup = len(telemetry) + len(events) - self._last_new
-        return state, applied, rejected
+            for m, ack in acks:
+                try:
+                    with conn.transaction():
+                        more = self._alerts.apply_ack(cur, ack, ack.ts or now)
+                    applied.acks += more.acks
+                    applied.escalations += more.escalations
+                    applied.dispatches += more.dispatches
+                except AckRefused as exc:
+                    rejected.append(Rejection(m.topic, "ack_refused", str(exc), m.payload,
+                                              ack.team_id, "dispatch"))
+            if rejected:
+                store.record_rejections(conn, rejected)
+        new = len(result.new_telemetry) + len(result.new_events)
+        return BatchOutcome(state, applied, rejected, new, len(readings) - new)
 
     def _evaluate(self, telemetry: Iterable[Telemetry], events: Iterable[Event]
                   ) -> tuple[EngineState, list[AlertChange]]:
@@ -232,38 +251,44 @@ class Pipeline:
         return Detection(e.device_id, e.kind, e.ts, e.event_id, e.type, e.confidence, pos,
                          zones, dict(e.body))
 
-    def _count(self, decoded: Sequence[tuple[Inbound, object]], applied: Applied,
-               now: datetime) -> None:
-        m, c = self._metrics, self.counts
+    def _count(self, decoded: Sequence[tuple[Inbound, object]], outcome: BatchOutcome) -> None:
+        m, c, applied = self._metrics, self.counts, outcome.applied
         c.received += len(decoded)
-        c.stored += self._last_new
-        c.duplicates += self._last_dup
-        m.duplicates.inc(self._last_dup)
+        c.stored += outcome.new
+        c.duplicates += outcome.duplicates
+        m.duplicates.inc(outcome.duplicates)
+        m.stored.labels("all").inc(outcome.new)
         m.batch_size.observe(len(decoded))
         newest: datetime | None = None
         for inbound, d in decoded:
             channel = inbound.topic.rsplit("/", 1)[-1]
-            m.messages_in.labels(channel if channel in ("telemetry", "event", "status")
+            m.messages_in.labels(channel if channel in ("telemetry", "event", "status", "ack")
                                  else "other").inc()
-            if isinstance(d, Rejection):
-                c.rejected += 1
-                c.rejected_by_reason[d.reason] = c.rejected_by_reason.get(d.reason, 0) + 1
-                m.rejected.labels(d.reason).inc()
-            elif isinstance(d, Telemetry | Event) and (newest is None or d.ts > newest):
+            if isinstance(d, Telemetry | Event) and (newest is None or d.ts > newest):
                 newest = d.ts
-        m.stored.labels("all").inc(self._last_new)
+        for rej in outcome.rejected:
+            c.rejected += 1
+            c.rejected_by_reason[rej.reason] = c.rejected_by_reason.get(rej.reason, 0) + 1
+            m.rejected.labels(rej.reason).inc()
         c.alerts_opened += applied.alerts_opened
         c.alerts_cleared += applied.alerts_cleared
         c.orders_opened += applied.orders_opened
+        record_applied(m, applied)
         done = self._clock()
         c.last_batch = done
         m.lag.set(max((done - min(i.received for i, _ in decoded)).total_seconds(), 0.0))
         if newest is not None:
             m.event_lag.set((done - newest).total_seconds())
-        if applied.alerts_opened:
-            m.alerts.labels("any", "opened").inc(applied.alerts_opened)
-        if applied.alerts_cleared:
-            m.alerts.labels("any", "cleared").inc(applied.alerts_cleared)
-        if applied.orders_opened:
-            m.orders.labels("any").inc(applied.orders_opened)
-        _ = now
+
+
+def record_applied(m: Metrics, applied: Applied) -> None:
+    for (hazard, change), n in applied.by_hazard.items():
+        m.alerts.labels(hazard, change).inc(n)
+        if change == "opened":
+            m.orders.labels(hazard).inc(n)
+    m.policy.labels("dispatch_suppressed").inc(applied.dispatches_suppressed)
+    m.policy.labels("alert_reactivated").inc(applied.alerts_reactivated)
+    m.policy.labels("order_reopened").inc(applied.orders_reopened)
+    m.policy.labels("redispatch").inc(applied.redispatches)
+    m.policy.labels("escalation").inc(applied.escalations)
+    m.policy.labels("team_answer").inc(applied.acks)

@@ -22,10 +22,11 @@ from psycopg_pool import ConnectionPool
 from alerts import store as alert_store
 from alerts.api import ApiDeps, create_app
 from alerts.dispatch import OutboxPublisher
+from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
 from citywatch.config import Config
 from citywatch.metrics import Metrics
-from citywatch.pipeline import Pipeline
+from citywatch.pipeline import Pipeline, record_applied
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from rules.engine import Engine
@@ -96,6 +97,21 @@ class Service:
                 return Route("command-centre", None)
             return Route(r.department, r.team)
 
+        wo = cfg.work_orders
+        policy = Policy.from_minutes({str(k): v for k, v in wo.respond_within_min.items()},
+                                     {str(k): v for k, v in wo.resolve_within_min.items()},
+                                     wo.reopen_window_min, wo.dispatch_retry_s,
+                                     wo.dispatch_attempts)
+        first_team: dict[str, str] = {}
+        for t in cfg.teams:
+            first_team.setdefault(t.department, t.id)
+        offices = [Office(d.id, d.level, d.zone_id, first_team.get(d.id))
+                   for d in cfg.departments]
+        unknown = [d.id for d in cfg.departments if d.zone_id and d.zone_id not in zone_map]
+        if unknown:
+            raise ValueError(f"config.yaml: departments {unknown} name a zone_id that is not in "
+                             f"{cfg.zones_path}")
+        self.alert_store = AlertStore(zone_map, route, policy, offices)
         self._link = MqttLink(
             self.endpoints.broker_url, self._client_id, SUBSCRIPTIONS, self._on_message,
             protocol=self.endpoints.broker_protocol,
@@ -107,7 +123,7 @@ class Service:
                 "dispatch" if topic.startswith("city/dispatch/") else "zone_state").inc())
         self.pipeline = Pipeline(
             conninfo=db, decoder=Decoder({d.id: d.kind for d in cfg.devices}), engine=engine,
-            state=state, index=index, devices=positions, alert_store=AlertStore(zone_map, route),
+            state=state, index=index, devices=positions, alert_store=self.alert_store,
             ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
             metrics=self.metrics, batch_max=cfg.database.batch_max,
             batch_wait_s=cfg.database.batch_wait_ms / 1000)
@@ -164,10 +180,22 @@ class Service:
         def nudge_outbox() -> None:
             self._outbox.notify()
 
+        def deadlines() -> None:
+            try:
+                with psycopg.connect(db) as conn:
+                    applied = self.alert_store.check(conn, datetime.now(UTC))
+                record_applied(self.metrics, applied)
+                if applied.changed:
+                    self._outbox.notify()
+            except psycopg.OperationalError as exc:
+                log.warning("deadline check skipped: database unavailable (%s)", exc)
+
         sched.add_job(silence, "interval", seconds=15, id="presence", coalesce=True)
         sched.add_job(retention, "interval", hours=6, id="retention", coalesce=True,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=30))
         sched.add_job(nudge_outbox, "interval", seconds=2, id="outbox", coalesce=True)
+        sched.add_job(deadlines, "interval", seconds=cfg.work_orders.check_every_s,
+                      id="deadlines", coalesce=True, max_instances=1)
         sched.start()
         self._scheduler = sched
 
@@ -177,7 +205,8 @@ class Service:
         deps = ApiDeps(pool=self._pool, zones=zones, list_devices=_device_features,
                        health=self.health, registry=self.metrics.registry,
                        clock=lambda: datetime.now(UTC), static_dir=STATIC_DIR,
-                       team_ids=frozenset(t.id for t in self.config.teams))
+                       team_ids=frozenset(t.id for t in self.config.teams),
+                       alert_store=self.alert_store)
         app = create_app(deps)
         config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,
                                 log_level="warning", access_log=False)

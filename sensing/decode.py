@@ -20,8 +20,8 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, cast
 
-from sensing.models import Event, Position, Rejection, Status, Telemetry
-from sensing.topics import Topic, TopicError, is_kind
+from sensing.models import DispatchAck, Event, Position, Rejection, Status, Telemetry
+from sensing.topics import Topic, TopicError, is_kind, parse_dispatch_ack_topic
 
 SEQ_MAX: Final = 2**63 - 1  # PostgreSQL bigint
 ID_MAX_LEN: Final = 128
@@ -480,6 +480,9 @@ def _parse_topic(topic: str) -> Topic:
 _SEQ: Final = Number(0, SEQ_MAX, integer=True)
 _EVENT_ID: Final = Text(max_len=ID_MAX_LEN, min_len=1)
 _STATES: Final = Text(frozenset({"online", "offline"}))
+_ORDER_ID: Final = Text(max_len=64, min_len=1)
+_ACK_STATUS: Final = Text(frozenset({"accepted", "on_site", "resolved", "rejected"}))
+_NOTE: Final = Text(max_len=2000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,19 +540,25 @@ class Decoder:
 
     def decode(
         self, topic: str, payload: bytes, now: datetime
-    ) -> Telemetry | Event | Status | Rejection:
+    ) -> Telemetry | Event | Status | DispatchAck | Rejection:
         """Never raises for any ``topic`` or ``payload``. ``now`` must be timezone-aware."""
         if now.utcoffset() is None:
             raise ValueError("now must be timezone-aware")  # our bug, not the device's
         device_id: str | None = None
         kind: str | None = None
         try:
+            if topic.startswith("city/dispatch/"):
+                kind = "dispatch"
+                device_id = parse_dispatch_ack_topic(topic)
+                return self._ack(device_id, payload, now)
             try:
                 t = _parse_topic(topic)
             except TopicError as exc:
                 raise PayloadError("bad_topic", str(exc)) from None
             device_id, kind = t.device_id, t.kind
             return self._decode(t, payload, now)
+        except TopicError as exc:
+            return Rejection(topic, "bad_topic", str(exc), bytes(payload), None, kind)
         except PayloadError as exc:
             return Rejection(topic, exc.reason, exc.detail, bytes(payload), device_id, kind)
         except Exception as exc:  # one bad message must not stop the ingest loop
@@ -692,6 +701,14 @@ class Decoder:
             # unknown fields ride along for forward compatibility.
             obj,
         )
+
+    def _ack(self, team_id: str, payload: bytes, now: datetime) -> DispatchAck:
+        obj = self._parse(payload)
+        order = _ORDER_ID.check(_required(obj, "work_order_id"), "work_order_id")
+        status = _ACK_STATUS.check(_required(obj, "status"), "status")
+        ts = None if obj.get("ts") is None else self._ts(obj["ts"], now)
+        note = "" if obj.get("note") is None else _NOTE.check(obj["note"], "note")
+        return DispatchAck(team_id, order, cast(Any, status), ts, note)
 
     def _status(self, t: Topic, obj: dict[str, Any], now: datetime) -> Status:
         state = _STATES.check(_required(obj, "state"), "state")

@@ -61,4 +61,15 @@ class Rejection:
     kind: str | None = None
 
 
-Message = Telemetry | Event | Status
+@dataclass(frozen=True, slots=True)
+class DispatchAck:
+    """A team's answer on ``city/dispatch/{team_id}/ack`` (CONTRACT section 2)."""
+
+    team_id: str
+    work_order_id: str
+    status: Literal["accepted", "on_site", "resolved", "rejected"]
+    ts: datetime | None
+    note: str = ""
+
+
+Message = Telemetry | Event | Status | DispatchAck
