@@ -131,7 +131,8 @@ class MqttLink:
             return
         self.connects += 1
         # Subscribing again is harmless with a persistent session and needed after it expired.
-        client.subscribe([(t, 1) for t in self._subs])
+        if self._subs:
+            client.subscribe([(t, 1) for t in self._subs])
         self.connected.set()
         log.info("connected to broker %s:%s", self.address.host, self.address.port)
 
