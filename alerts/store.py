@@ -143,13 +143,14 @@ class Applied:
     redispatches: int = 0
     escalations: int = 0
     acks: int = 0
+    reports_merged: int = 0
     by_hazard: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def changed(self) -> bool:
         return any((self.alerts_opened, self.alerts_updated, self.alerts_cleared,
                     self.alerts_reactivated, self.orders_reopened, self.dispatches,
-                    self.redispatches, self.escalations, self.acks))
+                    self.redispatches, self.escalations, self.acks, self.reports_merged))
 
 
 class AckLike(Protocol):
@@ -192,12 +193,44 @@ class AlertStore:
     """
 
     def __init__(self, zones: Mapping[str, Zone], route: Callable[[str, str], Route],
-                 policy: Policy | None = None, offices: Sequence[Office] = ()) -> None:
+                 policy: Policy | None = None, offices: Sequence[Office] = (),
+                 nearest_worker: Callable[[float, float], tuple[str, float] | None] | None = None,
+                 ) -> None:
         self._zones = zones
         self._route = route
         self.policy = policy or Policy()
         self._offices = tuple(offices)
         self._office_level = {o.id: o.level for o in offices}
+        # (lon, lat) -> (grid worker id, metres away) of the nearest worker on patrol
+        self._nearest_worker = nearest_worker
+
+    # --- grid reports -------------------------------------------------------------------
+    def attach_report(self, cur: psycopg.Cursor[Any], hazard: str, zone_ids: Sequence[str],
+                      report: Mapping[str, Any], ts: datetime) -> str | None:
+        """A grid worker's report of a hazard that already has an open incident in one of its
+        zones is merged into it (counted in ``duplicates``), not opened again. Returns the
+        work order it joined, or None when nothing open matched."""
+        if not zone_ids:
+            return None
+        cur.execute("SELECT id, work_order_id FROM alerts WHERE hazard = %s AND zone_id = ANY(%s) "
+                    "AND open_key IS NOT NULL ORDER BY severity, raised LIMIT 1 FOR UPDATE",
+                    (hazard, list(zone_ids)))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        alert_id, order_id = row
+        cur.execute("UPDATE alerts SET duplicates = duplicates + 1, updated = %s, "
+                    "evidence = evidence || %s::jsonb WHERE id = %s",
+                    (ts, _json([{"grid_report": dict(report)}]), alert_id))
+        if order_id is not None:
+            cur.execute("UPDATE work_orders SET duplicates = duplicates + 1, updated = %s "
+                        "WHERE id = %s RETURNING state", (ts, order_id))
+            got = cur.fetchone()
+            state = got[0] if got else "open"
+            self._history(cur, order_id, ts, state, state,
+                          f"grid {report.get('device_id', '?')}",
+                          f"report merged as a duplicate: {str(report.get('text', ''))[:200]}")
+        return str(order_id) if order_id else alert_id
 
     # --- rule changes -------------------------------------------------------------------
     def apply_changes(self, cur: psycopg.Cursor[Any], changes: Iterable[AlertChange]) -> Applied:
@@ -321,9 +354,24 @@ class AlertStore:
         if route.team_id is None:
             log.warning("no team for %s in zone %s: work order %s is not dispatched",
                         ch.hazard, ch.zone_id, order_id)
+        else:
+            self._dispatch(cur, order_id, route.team_id, ch, respond_by, "new")
+            out.dispatches += 1
+        self._request_check(cur, order_id, zone, ch, respond_by)
+
+    def _request_check(self, cur: psycopg.Cursor[Any], order_id: str, zone: Zone | None,
+                       ch: AlertChange, respond_by: datetime) -> None:
+        """Ask the nearest grid worker on patrol to look: eyes on site within minutes."""
+        if self._nearest_worker is None or zone is None:
             return
-        self._dispatch(cur, order_id, route.team_id, ch, respond_by, "new")
-        out.dispatches += 1
+        p = zone.geometry.representative_point()
+        found = self._nearest_worker(p.x, p.y)
+        if found is None:
+            return
+        worker, metres = found
+        self._history(cur, order_id, ch.ts, "open", "open", "system",
+                      f"on-the-spot check asked of grid worker {worker}, {metres:.0f} m away")
+        self._dispatch(cur, order_id, worker, ch, respond_by, "check")
 
     def _order_level_changed(self, cur: psycopg.Cursor[Any], order_id: str, ch: AlertChange,
                              out: Applied) -> None:
@@ -395,8 +443,20 @@ class AlertStore:
             raise AckRefused(f"no work order {ack.work_order_id!r}")
         state, team_id, hazard = row
         if team_id != ack.team_id:
-            raise AckRefused(f"work order {ack.work_order_id} is with team {team_id!r}, "
-                             f"not {ack.team_id!r}")
+            # A grid worker asked for an on-the-spot check answers too: their word is recorded
+            # as evidence, but the order stays with its team.
+            cur.execute("UPDATE dispatches SET acked = COALESCE(acked, %s), ack_status = %s "
+                        "WHERE work_order_id = %s AND team_id = %s RETURNING id",
+                        (now, ack.status, ack.work_order_id, ack.team_id))
+            if not cur.fetchall():
+                raise AckRefused(f"work order {ack.work_order_id} is with team {team_id!r}, "
+                                 f"not {ack.team_id!r}")
+            self._history(cur, ack.work_order_id, now, state, state, f"grid {ack.team_id}",
+                          f"check: {ack.status}" + (f": {ack.note}" if ack.note else ""))
+            cur.execute("UPDATE work_orders SET updated = %s WHERE id = %s",
+                        (now, ack.work_order_id))
+            out.acks += 1
+            return out
         cur.execute("UPDATE dispatches SET acked = %s, ack_status = %s WHERE work_order_id = %s "
                     "AND team_id = %s AND acked IS NULL", (now, ack.status, ack.work_order_id,
                                                            ack.team_id))

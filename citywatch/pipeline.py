@@ -11,12 +11,13 @@ redelivered messages are recognised as already stored and are not evaluated agai
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -26,6 +27,7 @@ from citywatch.metrics import Metrics
 from geo.index import ZoneIndex
 from rules.base import AlertChange, Detection, Observation
 from rules.engine import Engine, EngineState
+from rules.levels import HAZARDS as HAZARD_NAMES
 from sensing import store
 from sensing.decode import Decoder
 from sensing.models import DispatchAck, Event, Rejection, Status, Telemetry
@@ -51,6 +53,44 @@ class Counts:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+class WorkerLocator:
+    """Where the grid workers are, from their terminals' telemetry (``loc``), for on-the-spot
+    checks. In memory: after a restart it refills within one telemetry interval."""
+
+    def __init__(self, registry: Mapping[str, tuple[str, Position]],
+                 fresh_for: timedelta = timedelta(minutes=10)) -> None:
+        self._where: dict[str, tuple[Position, datetime | None]] = {
+            d: (pos, None) for d, (kind, pos) in registry.items() if kind == "grid"}
+        self._fresh_for = fresh_for
+        self._newest: datetime | None = None
+        self._lock = threading.Lock()
+
+    def saw(self, device_id: str, pos: Position, ts: datetime) -> None:
+        with self._lock:
+            if device_id in self._where:
+                self._where[device_id] = (pos, ts)
+                if self._newest is None or ts > self._newest:
+                    self._newest = ts
+
+    def nearest(self, lon: float, lat: float) -> tuple[str, float] | None:
+        """The nearest worker heard from recently (in event time), and how far in metres."""
+        with self._lock:
+            if self._newest is None:
+                return None
+            cutoff = self._newest - self._fresh_for
+            best: tuple[str, float] | None = None
+            for device_id, ((wlon, wlat), ts) in self._where.items():
+                if ts is None or ts < cutoff:
+                    continue
+                # Equirectangular is exact enough over a district a few km across.
+                dx = (wlon - lon) * 111_320 * math.cos(math.radians(lat))
+                dy = (wlat - lat) * 110_540
+                metres = math.hypot(dx, dy)
+                if best is None or metres < best[1]:
+                    best = (device_id, metres)
+            return best
+
+
 @dataclass
 class BatchOutcome:
     state: EngineState
@@ -66,6 +106,7 @@ class Pipeline:
                  ack: Callable[[Sequence[tuple[int, int]]], None],
                  dead_letter: Callable[[Rejection], None], on_committed: Callable[[], None],
                  metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.05,
+                 workers: WorkerLocator | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._conninfo = conninfo
         self._decoder = decoder
@@ -79,6 +120,7 @@ class Pipeline:
         self._dead_letter = dead_letter
         self._on_committed = on_committed
         self._metrics = metrics
+        self._workers = workers
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
         self._clock = clock
@@ -205,8 +247,20 @@ class Pipeline:
                     seen[r.device_id] = r.ts
             if seen:
                 store.touch_last_seen(conn, seen)
+            if self._workers is not None:
+                for t in result.new_telemetry:
+                    if t.kind == "grid" and t.loc is not None:
+                        self._workers.saw(t.device_id, t.loc, t.ts)
             state, changes = self._evaluate(result.new_telemetry, result.new_events)
             applied = self._alerts.apply_changes(cur, changes)
+            for e in result.new_events:
+                if e.type == "report" and e.body.get("category") in HAZARD_NAMES:
+                    zones = self._detection(e).zone_ids
+                    if self._alerts.attach_report(
+                            cur, str(e.body["category"]), zones,
+                            {"device_id": e.device_id, "event_id": e.event_id,
+                             "text": e.body.get("text", ""), "ts": e.ts.isoformat()}, e.ts):
+                        applied.reports_merged += 1
             for m, ack in acks:
                 try:
                     with conn.transaction():
@@ -292,3 +346,4 @@ def record_applied(m: Metrics, applied: Applied) -> None:
     m.policy.labels("redispatch").inc(applied.redispatches)
     m.policy.labels("escalation").inc(applied.escalations)
     m.policy.labels("team_answer").inc(applied.acks)
+    m.policy.labels("report_merged").inc(applied.reports_merged)

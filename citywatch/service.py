@@ -26,7 +26,7 @@ from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
 from citywatch.config import Config
 from citywatch.metrics import Metrics
-from citywatch.pipeline import Pipeline, record_applied
+from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from rules.engine import Engine
@@ -111,7 +111,8 @@ class Service:
         if unknown:
             raise ValueError(f"config.yaml: departments {unknown} name a zone_id that is not in "
                              f"{cfg.zones_path}")
-        self.alert_store = AlertStore(zone_map, route, policy, offices)
+        self.workers = WorkerLocator({d.id: (d.kind, d.position) for d in cfg.devices})
+        self.alert_store = AlertStore(zone_map, route, policy, offices, self.workers.nearest)
         self._link = MqttLink(
             self.endpoints.broker_url, self._client_id, SUBSCRIPTIONS, self._on_message,
             protocol=self.endpoints.broker_protocol,
@@ -126,7 +127,7 @@ class Service:
             state=state, index=index, devices=positions, alert_store=self.alert_store,
             ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
             metrics=self.metrics, batch_max=cfg.database.batch_max,
-            batch_wait_s=cfg.database.batch_wait_ms / 1000)
+            batch_wait_s=cfg.database.batch_wait_ms / 1000, workers=self.workers)
         self._spawn("pipeline", self.pipeline.run)
         self._spawn("outbox", self._outbox.run)
         self._link.start()

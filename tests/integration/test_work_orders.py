@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from shapely.geometry import box
+from shapely.geometry import Point, box
 
 from alerts import store as alert_store
 from alerts.policy import Office, Policy
@@ -218,3 +218,38 @@ def test_a_flapping_zone_is_one_line_and_dispatches_only_when_worse(
     assert len(alert_store.list_work_orders(conn)) == 1
     sent = [p["severity"] for _t, p in dispatches(conn)]
     assert sent == [4, 3]  # blue, then yellow once; never again for the same level
+
+
+def test_grid_reports_join_the_open_incident_and_the_nearest_worker_checks(
+        conn: psycopg.Connection[Any]) -> None:
+    asked: list[tuple[float, float]] = []
+
+    def nearest(lon: float, lat: float) -> tuple[str, float]:
+        asked.append((lon, lat))
+        return ("grid-07", 180.0)
+
+    s = AlertStore(ZONES, route_to("drainage", "drainage-1"), POLICY, OFFICES, nearest)
+    apply(conn, s, wet(Level.ORANGE, 0))
+    assert [t for t, _p in dispatches(conn)] == ["city/dispatch/drainage-1",
+                                                 "city/dispatch/grid-07"]
+    assert ZONES["up-01"].geometry.contains(Point(asked[0]))
+    for n in range(3):  # three workers report the same flooded underpass
+        with conn.transaction(), conn.cursor() as cur:
+            joined = s.attach_report(cur, "waterlogging", ["cell-07", "up-01"],
+                                     {"device_id": f"grid-0{n}", "text": "water over kerb"},
+                                     T0 + timedelta(minutes=n))
+        assert joined == "WO-000001"
+    with conn.transaction(), conn.cursor() as cur:
+        assert s.attach_report(cur, "traffic", ["up-01"], {"text": "jam"}, T0) is None
+        # The checker's answer is evidence; the order stays with its team.
+        s.apply_ack(cur, DispatchAck("grid-07", "WO-000001", "on_site", None, "30 cm, cones up"),
+                    T0 + timedelta(minutes=4))
+    o = order(conn)
+    assert o["duplicates"] == 3
+    assert o["team_id"] == "drainage-1"
+    assert o["state"] == "open"
+    assert o["history"][-1]["reason"] == "check: on_site: 30 cm, cones up"
+    assert "on-the-spot check asked of grid worker grid-07, 180 m away" in json.dumps(
+        o["history"])
+    assert len(alert_store.list_alerts(conn)) == 1
+    assert alert_store.get_alert(conn, "AL-000001")["duplicates"] == 3
