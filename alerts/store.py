@@ -192,7 +192,7 @@ class AlertStore:
     zone is one line for the operator and one order for the team.
     """
 
-    def __init__(self, zones: Mapping[str, Zone], route: Callable[[str, str], Route],
+    def __init__(self, zones: Mapping[str, Zone], route: Callable[[str, str, Level], Route],
                  policy: Policy | None = None, offices: Sequence[Office] = (),
                  nearest_worker: Callable[[float, float], tuple[str, float] | None] | None = None,
                  ) -> None:
@@ -326,7 +326,7 @@ class AlertStore:
               evidence: list[dict[str, Any]], out: Applied) -> None:
         assert ch.level is not None
         zone = self._zones.get(ch.zone_id)
-        route = self._route(ch.hazard, zone.type if zone else "")
+        route = self._route(ch.hazard, zone.type if zone else "", ch.level)
         cur.execute("SELECT 'AL-' || lpad(nextval('alert_seq')::text, 6, '0'), "
                     "'WO-' || lpad(nextval('work_order_seq')::text, 6, '0')")
         ids = cur.fetchone()
@@ -384,6 +384,22 @@ class AlertStore:
         team_id, state, old = row
         old_level = Level(old)
         if should_dispatch(old_level, ch.level):
+            zone = self._zones.get(ch.zone_id)
+            wanted = self._route(ch.hazard, zone.type if zone else "", ch.level)
+            cur.execute("SELECT department FROM work_orders WHERE id = %s", (order_id,))
+            dept_row = cur.fetchone()
+            if (wanted.team_id is not None and dept_row is not None
+                    and wanted.department != dept_row[0]):
+                # The routing table sends this level elsewhere (a red underpass: fire and
+                # rescue): hand the order over; the earlier team was told already.
+                cur.execute("UPDATE work_orders SET department = %s, team_id = %s, "
+                            "escalation_level = %s WHERE id = %s",
+                            (wanted.department, wanted.team_id,
+                             self._office_level.get(wanted.department), order_id))
+                self._history(cur, order_id, ch.ts, state, state, "system",
+                              f"re-routed at {ch.level.colour} from {dept_row[0]} to "
+                              f"{wanted.department}, team {wanted.team_id}")
+                team_id = wanted.team_id
             # Deadlines tighten when the level rises; they never relax when it falls.
             respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
             cur.execute("UPDATE work_orders SET severity = %s, updated = %s, "

@@ -98,10 +98,14 @@ class Team(_Strict):
 
 
 class Route(_Strict):
-    hazard: Literal["waterlogging", "falling_object", "traffic"]
-    zone_type: str
+    """The first route matching hazard, zone type and level wins: put the specific ones first."""
+
+    hazard: Literal["waterlogging", "falling_object", "traffic", "device_fault"]
+    zone_type: str = Field(description="a zone type, or '*' for any")
     department: str
     team: str
+    levels: tuple[Literal["red", "orange", "yellow", "blue"], ...] = Field(
+        default=("red", "orange", "yellow", "blue"), description="levels this route takes")
 
 
 class Device(_Strict):
@@ -205,9 +209,9 @@ class Config(_Strict):
     def zones_path(self) -> Path:
         return self.zones.file if self.zones.file.is_absolute() else self.base_dir / self.zones.file
 
-    def route(self, hazard: str, zone_type: str) -> Route | None:
+    def route(self, hazard: str, zone_type: str, level: str = "yellow") -> Route | None:
         for r in self.routing:
-            if r.hazard == hazard and r.zone_type in (zone_type, "*"):
+            if r.hazard == hazard and r.zone_type in (zone_type, "*") and level in r.levels:
                 return r
         return None
 

@@ -30,6 +30,7 @@ from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from rules.engine import Engine
+from rules.levels import Level
 from sensing import store as sensing_store
 from sensing.decode import Decoder
 from sensing.models import Rejection
@@ -91,8 +92,8 @@ class Service:
         engine = Engine(cfg.rules, zone_map)
         state = engine.restore(levels)
 
-        def route(hazard: str, zone_type: str) -> Route:
-            r = cfg.route(hazard, zone_type)
+        def route(hazard: str, zone_type: str, level: Level) -> Route:
+            r = cfg.route(hazard, zone_type, level.colour)
             if r is None:
                 return Route("command-centre", None)
             return Route(r.department, r.team)

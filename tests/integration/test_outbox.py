@@ -88,7 +88,7 @@ def run_publisher(db: str, link: MqttLink, until_sent: int, timeout: float = 10)
 
 def test_committed_dispatches_survive_a_crash_and_go_out_once(db: str, link: MqttLink,
                                                               broker_url: str) -> None:
-    s = AlertStore(ZONES, lambda _h, _z: Route("drainage", "drainage-1"))
+    s = AlertStore(ZONES, lambda _h, _z, _l: Route("drainage", "drainage-1"))
     with psycopg.connect(db) as conn, conn.transaction(), conn.cursor() as cur:
         s.apply_changes(cur, [AlertChange(z, "waterlogging", Level.RED, T0, f"flood {z}")
                               for z in ZONES])

@@ -46,7 +46,7 @@ POLICY = Policy(reopen_window=timedelta(minutes=30), dispatch_retry=timedelta(mi
 
 
 def route_to(department: str, team: str) -> Any:
-    return lambda _hazard, _zone_type: Route(department, team)
+    return lambda _hazard, _zone_type, _level: Route(department, team)
 
 
 @pytest.fixture
@@ -253,3 +253,19 @@ def test_grid_reports_join_the_open_incident_and_the_nearest_worker_checks(
         o["history"])
     assert len(alert_store.list_alerts(conn)) == 1
     assert alert_store.get_alert(conn, "AL-000001")["duplicates"] == 3
+
+
+def test_the_routing_table_can_send_a_red_level_elsewhere(conn: psycopg.Connection[Any]) -> None:
+    def route(_hazard: str, _zone_type: str, level: Level) -> Route:
+        return Route("fire", "fire-rescue-1") if level == Level.RED else Route("drainage",
+                                                                               "drainage-1")
+
+    s = AlertStore(ZONES, route, POLICY, OFFICES)
+    apply(conn, s, wet(Level.YELLOW, 0))
+    apply(conn, s, wet(Level.RED, 5))  # cars trapped in the underpass: fire and rescue
+    o = order(conn)
+    assert (o["department"], o["team_id"]) == ("fire", "fire-rescue-1")
+    assert "re-routed at red from drainage to fire, team fire-rescue-1" in json.dumps(
+        o["history"])
+    assert [t for t, _p in dispatches(conn)] == ["city/dispatch/drainage-1",
+                                                 "city/dispatch/fire-rescue-1"]
