@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
 from geo.index import ZoneIndex
 from geo.load import load_zones
+from geo.zones import Zone
 from rules.engine import Engine
 from rules.levels import Level
 from sensing import store as sensing_store
@@ -40,6 +42,37 @@ from sensing.topics import SUBSCRIPTIONS, deadletter_topic
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def build_engine(cfg: Config, zones: Sequence[Zone]) -> Engine:
+    return Engine(cfg.rules, {z.id: z for z in zones})
+
+
+def build_alert_store(cfg: Config, zones: Sequence[Zone]) -> tuple[AlertStore, WorkerLocator]:
+    """The alert store with the routing table, the work-order policy and the hierarchy."""
+    zone_map = {z.id: z for z in zones}
+
+    def route(hazard: str, zone_type: str, level: Level) -> Route:
+        r = cfg.route(hazard, zone_type, level.colour)
+        if r is None:
+            return Route("command-centre", None)
+        return Route(r.department, r.team)
+
+    wo = cfg.work_orders
+    policy = Policy.from_minutes({str(k): v for k, v in wo.respond_within_min.items()},
+                                 {str(k): v for k, v in wo.resolve_within_min.items()},
+                                 wo.reopen_window_min, wo.dispatch_retry_s,
+                                 wo.dispatch_attempts)
+    first_team: dict[str, str] = {}
+    for t in cfg.teams:
+        first_team.setdefault(t.department, t.id)
+    offices = [Office(d.id, d.level, d.zone_id, first_team.get(d.id)) for d in cfg.departments]
+    unknown = [d.id for d in cfg.departments if d.zone_id and d.zone_id not in zone_map]
+    if unknown:
+        raise ValueError(f"config.yaml: departments {unknown} name a zone_id that is not in "
+                         f"{cfg.zones_path}")
+    workers = WorkerLocator({d.id: (d.kind, d.position) for d in cfg.devices})
+    return AlertStore(zone_map, route, policy, offices, workers.nearest), workers
 
 
 @dataclass(frozen=True)
@@ -72,7 +105,6 @@ class Service:
         cfg = self.config
         zones = load_zones(cfg.zones_path)
         index = ZoneIndex(zones)
-        zone_map = {z.id: z for z in zones}
         positions = {d.id: d.position for d in cfg.devices}
         db = self.endpoints.database_url
         with psycopg.connect(db, autocommit=True) as conn:
@@ -89,31 +121,9 @@ class Service:
         log.info("storage: %s; %d zones; %d devices; %d open alerts restored",
                  self.storage_mode, len(zones), len(cfg.devices), len(levels))
 
-        engine = Engine(cfg.rules, zone_map)
+        engine = build_engine(cfg, zones)
         state = engine.restore(levels)
-
-        def route(hazard: str, zone_type: str, level: Level) -> Route:
-            r = cfg.route(hazard, zone_type, level.colour)
-            if r is None:
-                return Route("command-centre", None)
-            return Route(r.department, r.team)
-
-        wo = cfg.work_orders
-        policy = Policy.from_minutes({str(k): v for k, v in wo.respond_within_min.items()},
-                                     {str(k): v for k, v in wo.resolve_within_min.items()},
-                                     wo.reopen_window_min, wo.dispatch_retry_s,
-                                     wo.dispatch_attempts)
-        first_team: dict[str, str] = {}
-        for t in cfg.teams:
-            first_team.setdefault(t.department, t.id)
-        offices = [Office(d.id, d.level, d.zone_id, first_team.get(d.id))
-                   for d in cfg.departments]
-        unknown = [d.id for d in cfg.departments if d.zone_id and d.zone_id not in zone_map]
-        if unknown:
-            raise ValueError(f"config.yaml: departments {unknown} name a zone_id that is not in "
-                             f"{cfg.zones_path}")
-        self.workers = WorkerLocator({d.id: (d.kind, d.position) for d in cfg.devices})
-        self.alert_store = AlertStore(zone_map, route, policy, offices, self.workers.nearest)
+        self.alert_store, self.workers = build_alert_store(cfg, zones)
         self._link = MqttLink(
             self.endpoints.broker_url, self._client_id, SUBSCRIPTIONS, self._on_message,
             protocol=self.endpoints.broker_protocol,
