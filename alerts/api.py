@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from shapely.geometry import mapping
 
 from alerts import store
+from alerts.console_api import console_router
 from alerts.lifecycle import AlertsError, NotFound, TransitionError
+from alerts.standards_api import standards_router
+from alerts.stream import stream_router
 from geo.zones import Zone
 
 AlertState = Literal["active", "acknowledged", "resolved"]
@@ -51,7 +54,11 @@ class ApiDeps:
     clock: Callable[[], datetime]
     static_dir: Path | None = None
     team_ids: frozenset[str] = frozenset()
+    # The rules configuration as plain data (RulesParams.model_dump()): thresholds on charts.
+    thresholds: Mapping[str, Any] = field(default_factory=dict)
     alert_store: store.AlertStore | None = None  # dispatches to a newly assigned team
+    departments: Mapping[str, str] = field(default_factory=dict)  # id -> name, for Open311
+    cap_sender: str = "citywatch@gusu.suzhou.example"
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
@@ -148,6 +155,11 @@ def create_app(deps: ApiDeps) -> FastAPI:
             return store.act_on_work_order(c, order_id, action, deps.clock(), b.actor, b.reason,
                                            b.team_id if action == "assign" else None,
                                            deps.alert_store)
+
+    app.include_router(stream_router(deps.pool))
+    app.include_router(console_router(deps.pool, deps.zones, deps.thresholds, clock=deps.clock))
+    app.include_router(standards_router(deps.pool, deps.zones, deps.clock,
+                                        departments=deps.departments, cap_sender=deps.cap_sender))
 
     @app.get("/metrics")
     def metrics() -> Response:

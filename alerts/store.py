@@ -101,6 +101,8 @@ ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS escalation_level text;
 ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS flags text[] NOT NULL DEFAULT '{}';
 ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS reopened int NOT NULL DEFAULT 0;
 -- A dispatch stays here until the team answers; unanswered ones are resent, then escalated.
+CREATE INDEX IF NOT EXISTS alerts_updated ON alerts (updated);
+CREATE INDEX IF NOT EXISTS work_orders_updated ON work_orders (updated);
 CREATE TABLE IF NOT EXISTS dispatches (
     id bigserial PRIMARY KEY,
     work_order_id text NOT NULL REFERENCES work_orders (id),

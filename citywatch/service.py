@@ -218,7 +218,9 @@ class Service:
                        health=self.health, registry=self.metrics.registry,
                        clock=lambda: datetime.now(UTC), static_dir=STATIC_DIR,
                        team_ids=frozenset(t.id for t in self.config.teams),
-                       alert_store=self.alert_store)
+                       alert_store=self.alert_store,
+                       thresholds=self.config.rules.model_dump(mode="json"),
+                       departments={d.id: d.name for d in self.config.departments})
         app = create_app(deps)
         config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,
                                 log_level="warning", access_log=False)
@@ -235,6 +237,8 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._pool is not None:
+            self._pool.close()  # first: it ends open event streams, so the server can exit
         if self._server is not None:
             self._server.should_exit = True
         if self._scheduler is not None:
@@ -242,8 +246,6 @@ class Service:
         for t in self._threads:
             t.join(timeout=5)
         self._link.stop()
-        if self._pool is not None:
-            self._pool.close()
 
     # --- health -------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -55,6 +55,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# Chromium for the console's browser tests (tests/integration/test_console.py), and a CJK font
+# so that the Chinese labels in their screenshots are not boxes. Root only; the tests say why
+# they cannot run otherwise.
+if [ ! -x /usr/bin/chromium ] && is_root && command -v apt-get >/dev/null; then
+  say "installing chromium (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  chromium_pkgs=(chromium fonts-wqy-microhei)
+  # Stale package lists are the usual reason to fail: refresh them once and retry.
+  apt-get install -y -qq --no-install-recommends "${chromium_pkgs[@]}" >&2 \
+    || { apt-get update -qq >&2 \
+         && apt-get install -y -qq --no-install-recommends "${chromium_pkgs[@]}" >&2; } \
+    || say "could not install chromium: the console's browser tests cannot run"
+fi
+
 # --- Mosquitto ----------------------------------------------------------------------------
 if ! mqtt_ok; then
   is_root || die "Mosquitto does not answer on $MQTT_HOST:$MQTT_PORT; start it (as root:" \

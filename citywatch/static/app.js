@@ -1,1189 +1,73 @@
-// citywatch live dashboard: a map of zones and devices, the alert list and the work orders.
-// Plain ES module, no dependencies, nothing fetched from outside the citywatch API (CONTRACT section 4).
-// Every piece of data goes into the page through textContent or attributes, never innerHTML.
+// citywatch operators' console: the district map, the alert queue with evidence, the work-order
+// board, zone charts and the day's load, kept live from GET /api/stream.
+// Plain ES modules, no dependencies, nothing fetched from outside the citywatch API (CONTRACT §4).
 
-// ---------------------------------------------------------------------------------------------
-// Strings: every label the page shows. Add a language by adding a key beside `en` (e.g. `zh`);
-// missing keys fall back to English. Pick one with ?lang=zh.
-// ---------------------------------------------------------------------------------------------
-const STRINGS = {
-  en: {
-    title: 'citywatch — Gusu District',
-    alerts: 'Alerts',
-    workOrders: 'Work orders',
-    live: 'live',
-    connecting: 'connecting…',
-    disconnected: 'disconnected — retrying',
-    lastUpdate: 'last update {time}',
-    services: { broker: 'broker', database: 'database' },
-    serviceOk: '{name}: connected',
-    serviceDown: '{name}: not connected',
-    serviceUnknown: '{name}: unknown',
-    counts: {
-      messages: 'messages', stored: 'stored', rejected: 'rejected',
-      alerts_active: 'active alerts', work_orders: 'work orders', devices: 'devices',
-      devices_online: 'devices online',
-    },
-    levels: {
-      1: { letter: 'R', name: 'Red', meaning: 'Extreme — danger to life' },
-      2: { letter: 'O', name: 'Orange', meaning: 'Severe' },
-      3: { letter: 'Y', name: 'Yellow', meaning: 'Moderate — threshold crossed' },
-      4: { letter: 'B', name: 'Blue', meaning: 'Minor — watch' },
-    },
-    noLevel: 'no warning',
-    hazards: { waterlogging: 'Waterlogging', falling_object: 'Falling object', traffic: 'Traffic' },
-    zoneTypes: {
-      district: 'district', street: 'street', grid_cell: 'grid cell', underpass: 'underpass',
-      low_road: 'low road', fall_zone: 'fall zone', intersection: 'intersection',
-      road_segment: 'road segment',
-    },
-    deviceKinds: {
-      camera: 'camera', water: 'water depth', rain: 'rain gauge', traffic: 'traffic detector',
-      grid: 'grid worker',
-    },
-    alertStates: { active: 'active', acknowledged: 'acknowledged', resolved: 'resolved' },
-    woStates: {
-      open: 'open', assigned: 'assigned', accepted: 'accepted', resolved: 'resolved', closed: 'closed',
-    },
-    acknowledge: 'Acknowledge',
-    resolve: 'Resolve',
-    working: 'working…',
-    actionFailed: 'Could not {action}: {detail}',
-    actionNames: { acknowledge: 'acknowledge', resolve: 'resolve' },
-    noConnection: 'no connection to the server',
-    timeout: 'the server did not answer in time',
-    httpError: 'the server answered {status}',
-    unavailable: 'Not available: {detail}',
-    noAlerts: 'No active or acknowledged alerts.',
-    noWorkOrders: 'No work orders.',
-    alertCounts: '{active} active · {ack} ack',
-    woCounts: '{open} open · {total} total',
-    woColumns: {
-      id: 'id', hazard: 'hazard', severity: 'sev', zone: 'zone', department: 'dept', team: 'team',
-      state: 'state', created: 'created', respond_by: 'respond by',
-    },
-    overdue: 'overdue',
-    workOrderShort: 'WO {id}',
-    ago: '{t} ago',
-    justNow: 'just now',
-    unitS: '{n} s', unitMin: '{n} min', unitH: '{n} h', unitHMin: '{h} h {m} min', unitD: '{n} d',
-    tip: {
-      type: 'type', level: 'level', hazards: 'hazards', parent: 'in', alerts: 'alerts',
-      none: 'none', kind: 'kind', status: 'status', online: 'online', offline: 'offline',
-      lastSeen: 'last seen', zones: 'zones', never: 'never', close: 'Close',
-    },
-    legend: {
-      levels: 'Warning level', devices: 'Devices', online: 'online', offline: 'offline',
-      pulsing: 'pulsing outline: active alert',
-    },
-    zoomIn: 'Zoom in', zoomOut: 'Zoom out', zoomReset: 'Whole district (double-click the map)',
-    mapUnavailable: 'Map unavailable: {detail}',
-    mapEmpty: 'No zones to draw yet.',
-    dash: '—',
-  },
-};
-
-const LANG = (() => {
-  const asked = new URLSearchParams(window.location.search).get('lang');
-  return asked && STRINGS[asked] ? asked : 'en';
-})();
-
-function lookup(table, path) {
-  return path.split('.').reduce((o, k) => (o == null ? undefined : o[k]), table);
-}
-
-/** Look up a string by dotted key and fill {placeholders}. */
-function t(key, vars = {}) {
-  let s = lookup(STRINGS[LANG], key);
-  if (s === undefined) s = lookup(STRINGS.en, key);
-  if (typeof s !== 'string') return key;
-  return s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
-}
-
-function tOr(key, fallback) {
-  const s = lookup(STRINGS[LANG], key) ?? lookup(STRINGS.en, key);
-  return typeof s === 'string' ? s : fallback;
-}
+import { lineChart, funnelChart } from './charts.js';
+import { LANGS, getLang, setLang, t, tOr } from './i18n.js';
+import { Live } from './live.js';
+import {
+  buildLegend, buildMap, buildMapTools, drawDevices, isPinned, onZonePicked, pin, refreshPinned,
+  revealZone, unpin, updateZoneStyles,
+} from './map.js';
+import {
+  isOverdue, putAlert, putWorkOrder, replaceAlerts, replaceWorkOrders, sortedAlerts, state, zoneName,
+} from './state.js';
+import {
+  $, ApiError, NetError, ageText, clockTime, el, errorText, fetchJSON, formatNumber, hazardName,
+  humanKey, levelChip, levelOf, pad2, parseTime, shortTime,
+} from './util.js';
 
 // ---------------------------------------------------------------------------------------------
 // Settings
 // ---------------------------------------------------------------------------------------------
-const POLL_MS = 2000;
-const DEVICE_POLL_MS = 10000;
-const FETCH_TIMEOUT_MS = 5000;
+const RESYNC_MS = 15000; // lists again while the stream is live: catches what it cannot see
+const HEALTH_MS = 5000;
+const DEVICES_MS = 10000;
+const ZONES_MS = 60000;
+const SERIES_MS = 30000;
+const FUNNEL_MS = 30000;
 const ACTION_ERROR_MS = 20000;
-const MAX_WORK_ORDER_ROWS = 200;
-const MAX_ZOOM = 40;
-const MARK_BELOW = 16; // a hazard zone smaller than this on screen (px) also gets a round marker
+const CHART_HOURS = [1, 3, 6, 12, 24];
+const WO_STATES = ['open', 'assigned', 'accepted', 'resolved', 'closed'];
+const WO_ACTIONS = ['assign', 'accept', 'resolve', 'close', 'reopen'];
+const CLOSED_SHOWN = 30; // the closed column shows the newest few
+const HEADER_COUNTS = ['messages', 'stored', 'rejected', 'alerts_open', 'work_orders_open', 'dispatched'];
+const EVIDENCE_KEYS = { waterlogging: 'water_depth_cm', traffic: 'speed_kmh', falling_object: 'confidence' };
+const METRIC_UNITS = { water_depth_cm: 'cm', rain_rate_mm_h: 'mm/h', speed_kmh: 'km/h', confidence: '' };
 
-const AREA_TYPES = ['grid_cell', 'street', 'district']; // drawing order: finest first
-const HAZARD_TYPES = new Set(['underpass', 'low_road', 'fall_zone', 'intersection', 'road_segment']);
-const OPEN_WO_STATES = new Set(['open', 'assigned']);
-const ACTIVE_WO_STATES = new Set(['open', 'assigned', 'accepted']);
-const KIND_LETTERS = { camera: 'c', water: 'w', rain: 'r', traffic: 't', grid: 'g' };
-
-// ---------------------------------------------------------------------------------------------
-// State
-// ---------------------------------------------------------------------------------------------
-const state = {
-  zones: new Map(), // id -> feature
-  zoneSignature: '',
-  zoneEls: new Map(), // id -> {shape, mark, label, size, anchor}
-  view: null, // current viewBox {x, y, w, h}: the map zooms and pans
-  devices: [],
-  alerts: [],
-  workOrders: [],
-  health: null,
-  proj: null,
-  pinned: null, // {kind: 'zone'|'device', id}
+const ui = {
   busy: new Set(), // alert ids with an action in flight
   actionErrors: new Map(), // alert id -> {text, until}
   alertEls: new Map(), // alert id -> li
+  evidence: new Map(), // alert id -> {updated, items} | {error}
+  series: new Map(), // zone id -> {hours, at, data}
+  chartHours: 6,
+  funnel: null,
+  dialogOrder: null, // work-order id shown in the dialog
+  mode: 'connecting',
   lastOk: null,
-  connected: null,
-  loaded: { alerts: false, workOrders: false },
 };
 
-const $ = (id) => document.getElementById(id);
-const svg = $('map');
-const SVG_NS = svg.namespaceURI; // taken from the parsed page: no namespace literal needed here
-
-function el(tag, attrs = {}, text) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') node.className = v;
-    else node.setAttribute(k, v === true ? '' : String(v));
-  }
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  return node;
-}
-
-function sel(tag, attrs = {}, text) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null) continue;
-    node.setAttribute(k, String(v));
-  }
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  return node;
-}
-
 // ---------------------------------------------------------------------------------------------
-// HTTP
+// Rendering is batched: a burst of streamed rows redraws once.
 // ---------------------------------------------------------------------------------------------
-class NetError extends Error {}
-class ApiError extends Error {
-  constructor(status, detail) {
-    super(detail);
-    this.status = status;
-    this.detail = detail;
-  }
+let renderTimer = null;
+
+function scheduleRender() {
+  if (renderTimer) return;
+  renderTimer = setTimeout(() => {
+    renderTimer = null;
+    renderAll();
+  }, 30);
 }
 
-/** FastAPI puts the reason in `detail`: a string, or a list of validation errors. */
-function detailText(body, status) {
-  const d = body && typeof body === 'object' ? body.detail : undefined;
-  if (typeof d === 'string' && d) return d;
-  if (Array.isArray(d) && d.length) {
-    return d.map((x) => (x && typeof x === 'object' && x.msg ? String(x.msg) : JSON.stringify(x))).join('; ');
-  }
-  if (d && typeof d === 'object') return JSON.stringify(d);
-  return t('httpError', { status });
-}
-
-async function fetchJSON(path, options = {}) {
-  const ctrl = new AbortController();
-  const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
-  let resp;
-  try {
-    resp = await fetch(path, {
-      cache: 'no-store',
-      headers: { Accept: 'application/json', ...(options.body ? { 'Content-Type': 'application/json' } : {}) },
-      ...options,
-      signal: ctrl.signal,
-    });
-  } catch (err) {
-    throw new NetError(err && err.name === 'AbortError' ? t('timeout') : t('noConnection'));
-  } finally {
-    clearTimeout(timer);
-  }
-  let body = null;
-  const text = await resp.text().catch(() => '');
-  if (text) {
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = null;
-    }
-  }
-  // A gateway that cannot reach the API is as good as no connection.
-  if ([502, 503, 504].includes(resp.status)) throw new NetError(detailText(body, resp.status));
-  if (!resp.ok) throw new ApiError(resp.status, detailText(body, resp.status));
-  return body;
-}
-
-function errorText(err) {
-  if (err instanceof NetError || err instanceof ApiError) return err.message;
-  return String(err && err.message ? err.message : err);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Formatting
-// ---------------------------------------------------------------------------------------------
-function parseTime(iso) {
-  if (!iso) return null;
-  const ms = Date.parse(iso);
-  return Number.isNaN(ms) ? null : ms;
-}
-
-function ageText(iso, now = Date.now()) {
-  const ms = parseTime(iso);
-  if (ms === null) return t('dash');
-  const s = Math.floor((now - ms) / 1000);
-  if (s < 5) return t('justNow');
-  let span;
-  if (s < 60) span = t('unitS', { n: s });
-  else if (s < 3600) span = t('unitMin', { n: Math.floor(s / 60) });
-  else if (s < 86400) {
-    const h = Math.floor(s / 3600);
-    const m = Math.floor((s % 3600) / 60);
-    span = h < 10 && m ? t('unitHMin', { h, m }) : t('unitH', { n: h });
-  } else span = t('unitD', { n: Math.floor(s / 86400) });
-  return t('ago', { t: span });
-}
-
-const pad2 = (n) => String(n).padStart(2, '0');
-
-function shortTime(iso, now = new Date()) {
-  const ms = parseTime(iso);
-  if (ms === null) return t('dash');
-  const d = new Date(ms);
-  const hm = `${pad2(d.getHours())}:${pad2(d.getMinutes())}`;
-  const sameDay = d.toDateString() === now.toDateString();
-  return sameDay ? hm : `${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${hm}`;
-}
-
-function humanKey(key) {
-  const units = { s: '(s)', ms: '(ms)', pct: '(%)' };
-  const parts = String(key).split('_');
-  const last = parts[parts.length - 1];
-  if (parts.length > 1 && units[last]) parts[parts.length - 1] = units[last];
-  return parts.join(' ');
-}
-
-function levelOf(v) {
-  const n = Number(v);
-  return Number.isInteger(n) && n >= 1 && n <= 4 ? n : null;
-}
-
-function levelChip(level, extraClass = '') {
-  const lv = levelOf(level);
-  const chip = el('span', { class: `chip lvl-${lv ?? 'none'} ${extraClass}`.trim() });
-  chip.textContent = lv ? t(`levels.${lv}.letter`) : '–';
-  chip.title = lv ? `${t(`levels.${lv}.name`)} (${lv}) — ${t(`levels.${lv}.meaning`)}` : t('noLevel');
-  return chip;
-}
-
-function hazardName(h) {
-  return tOr(`hazards.${h}`, h ? humanKey(h) : t('dash'));
-}
-
-function zoneName(id) {
-  if (id === null || id === undefined || id === '') return t('dash');
-  const z = state.zones.get(id);
-  return z && z.properties && z.properties.name ? String(z.properties.name) : String(id);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Map: projection and geometry
-// ---------------------------------------------------------------------------------------------
-function eachPosition(geom, fn) {
-  if (!geom) return;
-  if (geom.type === 'GeometryCollection') {
-    (geom.geometries || []).forEach((g) => eachPosition(g, fn));
-    return;
-  }
-  const walk = (c) => {
-    if (!Array.isArray(c)) return;
-    if (typeof c[0] === 'number') fn(c);
-    else c.forEach(walk);
-  };
-  walk(geom.coordinates);
-}
-
-const VIEW_W = 1000;
-const VIEW_PAD = 24;
-const VIEW_PAD_BOTTOM = 44; // room for the scale bar
-
-/** Equirectangular projection scaled by cos(mid latitude), fitted into a 1000-wide viewBox. */
-function makeProjection(features) {
-  let minLon = Infinity;
-  let maxLon = -Infinity;
-  let minLat = Infinity;
-  let maxLat = -Infinity;
-  for (const f of features) {
-    eachPosition(f.geometry, ([lon, lat]) => {
-      if (!Number.isFinite(lon) || !Number.isFinite(lat)) return;
-      minLon = Math.min(minLon, lon);
-      maxLon = Math.max(maxLon, lon);
-      minLat = Math.min(minLat, lat);
-      maxLat = Math.max(maxLat, lat);
-    });
-  }
-  if (!Number.isFinite(minLon)) return null;
-  const lat0 = (minLat + maxLat) / 2;
-  const k = Math.cos((lat0 * Math.PI) / 180);
-  const spanX = Math.max((maxLon - minLon) * k, 1e-4);
-  const spanY = Math.max(maxLat - minLat, 1e-4);
-  const maxH = VIEW_W * 1.6; // a very tall district is fitted by height instead
-  const s = Math.min((VIEW_W - 2 * VIEW_PAD) / spanX, (maxH - VIEW_PAD - VIEW_PAD_BOTTOM) / spanY); // units per degree
-  const height = Math.max(spanY * s + VIEW_PAD + VIEW_PAD_BOTTOM, 300);
-  const offX = (VIEW_W - spanX * s) / 2;
-  const offY = VIEW_PAD + (height - VIEW_PAD - VIEW_PAD_BOTTOM - spanY * s) / 2;
-  return {
-    width: VIEW_W,
-    height,
-    unitsPerMetre: s / 111320,
-    project: ([lon, lat]) => [offX + (lon - minLon) * k * s, offY + (maxLat - lat) * s],
-  };
-}
-
-const fmt = (v) => (Math.round(v * 100) / 100).toString();
-
-function ringPath(ring, close) {
-  let d = '';
-  ring.forEach((p, i) => {
-    const [x, y] = state.proj.project(p);
-    d += `${i ? 'L' : 'M'}${fmt(x)} ${fmt(y)}`;
-  });
-  return close && d ? `${d}Z` : d;
-}
-
-function pathData(geom) {
-  if (!geom) return '';
-  switch (geom.type) {
-    case 'Polygon':
-      return geom.coordinates.map((r) => ringPath(r, true)).join('');
-    case 'MultiPolygon':
-      return geom.coordinates.map((p) => p.map((r) => ringPath(r, true)).join('')).join('');
-    case 'LineString':
-      return ringPath(geom.coordinates, false);
-    case 'MultiLineString':
-      return geom.coordinates.map((l) => ringPath(l, false)).join('');
-    case 'GeometryCollection':
-      return (geom.geometries || []).map(pathData).join('');
-    default:
-      return '';
-  }
-}
-
-function geomKind(geom) {
-  const type = geom && geom.type;
-  if (type === 'Point' || type === 'MultiPoint') return 'point';
-  if (type === 'LineString' || type === 'MultiLineString') return 'line';
-  return 'area';
-}
-
-function ringArea(ring) {
-  // Signed area and centroid of a ring in projected units.
-  let a = 0;
-  let cx = 0;
-  let cy = 0;
-  const pts = ring.map((p) => state.proj.project(p));
-  for (let i = 0, j = pts.length - 1; i < pts.length; j = i++) {
-    const [x0, y0] = pts[j];
-    const [x1, y1] = pts[i];
-    const f = x0 * y1 - x1 * y0;
-    a += f;
-    cx += (x0 + x1) * f;
-    cy += (y0 + y1) * f;
-  }
-  a /= 2;
-  if (Math.abs(a) < 1e-9) {
-    const n = pts.length || 1;
-    return { area: 0, c: [pts.reduce((s, p) => s + p[0], 0) / n, pts.reduce((s, p) => s + p[1], 0) / n] };
-  }
-  return { area: Math.abs(a), c: [cx / (6 * a), cy / (6 * a)] };
-}
-
-function lineMidpoint(coords) {
-  const pts = coords.map((p) => state.proj.project(p));
-  let total = 0;
-  for (let i = 1; i < pts.length; i++) total += Math.hypot(pts[i][0] - pts[i - 1][0], pts[i][1] - pts[i - 1][1]);
-  let half = total / 2;
-  for (let i = 1; i < pts.length; i++) {
-    const seg = Math.hypot(pts[i][0] - pts[i - 1][0], pts[i][1] - pts[i - 1][1]);
-    if (seg >= half && seg > 0) {
-      const f = half / seg;
-      return { len: total, c: [pts[i - 1][0] + f * (pts[i][0] - pts[i - 1][0]), pts[i - 1][1] + f * (pts[i][1] - pts[i - 1][1])] };
-    }
-    half -= seg;
-  }
-  return { len: total, c: pts[0] || [0, 0] };
-}
-
-/** Where to put a label, and a size used to draw big shapes under small ones. */
-function anchorOf(geom) {
-  const polys = [];
-  const lines = [];
-  const points = [];
-  const collect = (g) => {
-    if (!g) return;
-    if (g.type === 'Polygon') polys.push(g.coordinates);
-    else if (g.type === 'MultiPolygon') polys.push(...g.coordinates);
-    else if (g.type === 'LineString') lines.push(g.coordinates);
-    else if (g.type === 'MultiLineString') lines.push(...g.coordinates);
-    else if (g.type === 'Point') points.push(g.coordinates);
-    else if (g.type === 'MultiPoint') points.push(...g.coordinates);
-    else if (g.type === 'GeometryCollection') (g.geometries || []).forEach(collect);
-  };
-  collect(geom);
-  let best = null;
-  for (const p of polys) {
-    if (!p.length || !p[0].length) continue;
-    const r = ringArea(p[0]);
-    if (!best || r.area > best.size) best = { size: r.area, c: r.c };
-  }
-  if (best) return best;
-  for (const l of lines) {
-    if (!l.length) continue;
-    const r = lineMidpoint(l);
-    if (!best || r.len > best.size) best = { size: r.len, c: r.c };
-  }
-  if (best) return { size: 0, c: best.c };
-  if (points.length) return { size: 0, c: state.proj.project(points[0]) };
-  return null;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Map: drawing
-// ---------------------------------------------------------------------------------------------
-const layers = {
-  areas: $('layer-areas'),
-  hazards: $('layer-hazards'),
-  marks: $('layer-marks'),
-  labels: $('layer-labels'),
-  devices: $('layer-devices'),
-};
-
-function isHazardZone(props) {
-  return HAZARD_TYPES.has(props.type) || (Array.isArray(props.hazards) && props.hazards.length > 0);
-}
-
-function zoneSignature(features) {
-  return features
-    .map((f) => {
-      let n = 0;
-      eachPosition(f.geometry, () => n++);
-      return `${f.properties && f.properties.id}:${f.geometry && f.geometry.type}:${n}`;
-    })
-    .join('|');
-}
-
-function projectedSize(geom) {
-  let minX = Infinity;
-  let maxX = -Infinity;
-  let minY = Infinity;
-  let maxY = -Infinity;
-  eachPosition(geom, (p) => {
-    const [x, y] = state.proj.project(p);
-    minX = Math.min(minX, x);
-    maxX = Math.max(maxX, x);
-    minY = Math.min(minY, y);
-    maxY = Math.max(maxY, y);
-  });
-  return Number.isFinite(minX) ? Math.max(maxX - minX, maxY - minY) : 0;
-}
-
-function shapeFor(geom, cls, isZone) {
-  const kind = geomKind(geom);
-  const prefix = isZone ? 'zone' : 'area';
-  if (kind === 'point') {
-    const g = sel('g', { class: `${cls} ${prefix}-point` });
-    const pts = [];
-    eachPosition(geom, (p) => pts.push(p));
-    for (const p of pts) {
-      const [x, y] = state.proj.project(p);
-      g.appendChild(sel('circle', { cx: fmt(x), cy: fmt(y), r: 9, class: 'zpoint' }));
-    }
-    return g;
-  }
-  return sel('path', {
-    d: pathData(geom),
-    class: `${cls} ${prefix}-${kind}`,
-    'fill-rule': 'evenodd',
-  });
-}
-
-function drawScaleBar() {
-  const old = svg.querySelector('#scalebar');
-  if (old) old.remove();
-  const p = state.proj;
-  const v = state.view;
-  const k = v.w / VIEW_W;
-  const target = v.w * 0.15;
-  const nice = [10, 20, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000];
-  let metres = nice[0];
-  for (const m of nice) if (m * p.unitsPerMetre <= target) metres = m;
-  const len = metres * p.unitsPerMetre;
-  const x = v.x + v.w - VIEW_PAD * k - len;
-  const y = v.y + v.h - 14 * k;
-  const g = sel('g', { id: 'scalebar', class: 'scalebar' });
-  g.appendChild(sel('path', { d: `M${fmt(x)} ${fmt(y - 6 * k)}V${fmt(y)}H${fmt(x + len)}V${fmt(y - 6 * k)}` }));
-  g.appendChild(sel('text', { x: fmt(x + len / 2), y: fmt(y - 9 * k) }, metres >= 1000 ? `${metres / 1000} km` : `${metres} m`));
-  svg.appendChild(g);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Map: zoom (wheel, buttons) and pan (drag); double-click resets
-// ---------------------------------------------------------------------------------------------
-function baseView() {
-  return { x: 0, y: 0, w: VIEW_W, h: state.proj.height };
-}
-
-function clampView(v) {
-  const b = baseView();
-  if (v.w >= b.w - 1e-6) return b;
-  // Keep the centre of the view over the map.
-  const cx = Math.min(Math.max(v.x + v.w / 2, b.x), b.x + b.w);
-  const cy = Math.min(Math.max(v.y + v.h / 2, b.y), b.y + b.h);
-  return { x: cx - v.w / 2, y: cy - v.h / 2, w: v.w, h: v.h };
-}
-
-function applyView() {
-  if (!state.proj) return;
-  const v = state.view;
-  svg.setAttribute('viewBox', `${fmt(v.x)} ${fmt(v.y)} ${fmt(v.w)} ${fmt(v.h)}`);
-  const k = v.w / VIEW_W; // 1 when the whole map shows, smaller when zoomed in
-  svg.style.setProperty('--k', String(k));
-  const hatch = svg.querySelector('#hatch-red');
-  if (hatch) hatch.setAttribute('patternTransform', `rotate(45) scale(${k})`);
-  for (const z of state.zoneEls.values()) {
-    if (z.mark) z.mark.classList.toggle('show-mark', z.size / k < MARK_BELOW);
-  }
-  drawScaleBar();
-}
-
-function zoomAt(factor, cx, cy) {
-  if (!state.proj) return;
-  const b = baseView();
-  const v = state.view;
-  const w = Math.min(b.w, Math.max(b.w / MAX_ZOOM, v.w / factor));
-  const s = w / v.w;
-  state.view = clampView({ x: cx - (cx - v.x) * s, y: cy - (cy - v.y) * s, w, h: v.h * s });
-  applyView();
-}
-
-function zoomCentre(factor) {
-  if (!state.view) return;
-  zoomAt(factor, state.view.x + state.view.w / 2, state.view.y + state.view.h / 2);
-}
-
-function resetView() {
-  if (!state.proj) return;
-  state.view = baseView();
-  applyView();
-}
-
-/** Bring a zone into view when the map is zoomed in and the zone is off screen. */
-function revealZone(id) {
-  const z = state.zoneEls.get(id);
-  const v = state.view;
-  if (!z || !z.anchor || !v) return;
-  const [x, y] = z.anchor;
-  const margin = v.w * 0.1;
-  if (x > v.x + margin && x < v.x + v.w - margin && y > v.y + margin && y < v.y + v.h - margin) return;
-  state.view = clampView({ x: x - v.w / 2, y: y - v.h / 2, w: v.w, h: v.h });
-  applyView();
-}
-
-function toUser(evt) {
-  const ctm = svg.getScreenCTM();
-  if (!ctm) return null;
-  return new DOMPoint(evt.clientX, evt.clientY).matrixTransform(ctm.inverse());
-}
-
-let drag = null;
-let suppressClick = false;
-
-svg.addEventListener(
-  'wheel',
-  (evt) => {
-    if (!state.proj) return;
-    evt.preventDefault();
-    const p = toUser(evt);
-    if (!p) return;
-    const dy = evt.deltaMode === 1 ? evt.deltaY * 16 : evt.deltaY;
-    zoomAt(Math.exp(-dy * 0.002), p.x, p.y);
-  },
-  { passive: false },
-);
-
-svg.addEventListener('pointerdown', (evt) => {
-  if (evt.button !== 0 || !state.view) return;
-  const ctm = svg.getScreenCTM();
-  drag = { x: evt.clientX, y: evt.clientY, view: { ...state.view }, scale: ctm ? 1 / ctm.a : 1, moved: false };
-});
-
-window.addEventListener('pointermove', (evt) => {
-  if (!drag) return;
-  const dx = evt.clientX - drag.x;
-  const dy = evt.clientY - drag.y;
-  if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 5) return;
-  drag.moved = true;
-  svg.classList.add('dragging');
-  if (!state.pinned) tooltip.hidden = true;
-  const v = drag.view;
-  state.view = clampView({ x: v.x - dx * drag.scale, y: v.y - dy * drag.scale, w: v.w, h: v.h });
-  applyView();
-});
-
-window.addEventListener('pointerup', () => {
-  if (drag && drag.moved) suppressClick = true;
-  drag = null;
-  svg.classList.remove('dragging');
-});
-
-svg.addEventListener('dblclick', (evt) => {
-  evt.preventDefault();
-  resetView();
-});
-
-function buildMap(features) {
-  state.proj = makeProjection(features);
-  for (const layer of Object.values(layers)) layer.replaceChildren();
-  state.zoneEls.clear();
-  if (!state.proj) return;
-  state.view = baseView();
-
-  const areas = [];
-  const hazards = [];
-  for (const f of features) {
-    const props = f.properties || {};
-    if (!f.geometry || props.id === undefined) continue;
-    if (isHazardZone(props)) hazards.push(f);
-    else areas.push(f);
-  }
-  const areaRank = (f) => {
-    const i = AREA_TYPES.indexOf(f.properties.type);
-    return i < 0 ? -1 : i;
-  };
-  areas.sort((a, b) => areaRank(a) - areaRank(b));
-  for (const f of areas) {
-    const type = String(f.properties.type || 'area').replace(/[^\w-]/g, '');
-    const shape = shapeFor(f.geometry, `area area-${type}`, false);
-    layers.areas.appendChild(shape);
-  }
-
-  // Larger shapes first so that small zones stay on top and can be hovered.
-  const withAnchor = hazards.map((f) => ({ f, a: anchorOf(f.geometry) }));
-  const rank = (x) => ({ area: 0, line: 1, point: 2 })[geomKind(x.f.geometry)];
-  withAnchor.sort((x, y) => rank(x) - rank(y) || (y.a ? y.a.size : 0) - (x.a ? x.a.size : 0));
-  for (const { f, a } of withAnchor) {
-    const id = String(f.properties.id);
-    const type = String(f.properties.type || 'zone').replace(/[^\w-]/g, '');
-    const shape = shapeFor(f.geometry, `zone zone-${type}`, true);
-    shape.dataset.zoneId = id;
-    layers.hazards.appendChild(shape);
-    let label = null;
-    let mark = null;
-    if (a) {
-      label = sel('text', { x: fmt(a.c[0]), y: fmt(a.c[1]), class: 'zlabel' });
-      layers.labels.appendChild(label);
-      if (geomKind(f.geometry) !== 'point') {
-        // Hazard zones are often a few tens of metres: a marker keeps them visible and clickable.
-        mark = sel('circle', { cx: fmt(a.c[0]), cy: fmt(a.c[1]), r: 9, class: 'zone zmark' });
-        mark.dataset.zoneId = id;
-        layers.marks.appendChild(mark);
-      }
-    }
-    state.zoneEls.set(id, { shape, mark, label, size: projectedSize(f.geometry), anchor: a ? a.c : null });
-  }
-  applyView();
-  drawDevices();
-}
-
-function updateZoneStyles() {
-  const alerting = new Set(state.alerts.filter((a) => a.state === 'active').map((a) => String(a.zone_id)));
-  for (const [id, { shape, mark, label }] of state.zoneEls) {
-    const f = state.zones.get(id);
-    const lv = levelOf(f && f.properties ? f.properties.level : null);
-    for (const node of mark ? [shape, mark] : [shape]) {
-      for (let i = 1; i <= 4; i++) node.classList.toggle(`lvl-${i}`, lv === i);
-      node.classList.toggle('lvl-none', lv === null);
-      node.classList.toggle('alerting', alerting.has(id));
-      node.classList.toggle('selected', !!state.pinned && state.pinned.kind === 'zone' && state.pinned.id === id);
-    }
-    if (label) {
-      label.textContent = lv ? t(`levels.${lv}.letter`) : '';
-    }
-  }
-}
-
-function drawDevices() {
-  layers.devices.replaceChildren();
-  if (!state.proj) return;
-  for (const f of state.devices) {
-    const props = f.properties || {};
-    if (!f.geometry || f.geometry.type !== 'Point') continue;
-    const [lon, lat] = f.geometry.coordinates || [];
-    if (!Number.isFinite(lon) || !Number.isFinite(lat)) continue;
-    const [x, y] = state.proj.project([lon, lat]);
-    const online = props.online === true;
-    const kind = String(props.kind || '?');
-    const id = String(props.id);
-    const g = sel('g', {
-      class: `dev ${online ? 'online' : 'offline'}`,
-      transform: `translate(${fmt(x)} ${fmt(y)})`,
-    });
-    g.dataset.deviceId = id;
-    g.classList.toggle('selected', !!state.pinned && state.pinned.kind === 'device' && state.pinned.id === id);
-    g.appendChild(sel('circle', { r: 7 }));
-    g.appendChild(sel('text', {}, KIND_LETTERS[kind] || kind.charAt(0).toLowerCase()));
-    layers.devices.appendChild(g);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Map: tooltip and pinned panel
-// ---------------------------------------------------------------------------------------------
-const tooltip = $('tooltip');
-const mapPane = svg.parentElement;
-
-function row(dl, label, value) {
-  dl.appendChild(el('dt', {}, label));
-  const dd = el('dd');
-  if (value instanceof Node) dd.appendChild(value);
-  else dd.textContent = value === undefined || value === null || value === '' ? t('dash') : String(value);
-  dl.appendChild(dd);
-}
-
-function zoneContent(id) {
-  const f = state.zones.get(id);
-  const p = (f && f.properties) || { id };
-  const frag = document.createDocumentFragment();
-  frag.appendChild(el('div', { class: 'tip-title' }, p.name || id));
-  const dl = el('dl');
-  row(dl, 'id', id);
-  row(dl, t('tip.type'), tOr(`zoneTypes.${p.type}`, p.type));
-  const lv = levelOf(p.level);
-  const lvNode = el('span');
-  lvNode.appendChild(levelChip(lv));
-  lvNode.appendChild(document.createTextNode(` ${lv ? `${t(`levels.${lv}.name`)} — ${t(`levels.${lv}.meaning`)}` : t('noLevel')}`));
-  row(dl, t('tip.level'), lvNode);
-  const hz = Array.isArray(p.hazards) ? p.hazards.map(hazardName).join(', ') : '';
-  row(dl, t('tip.hazards'), hz || t('tip.none'));
-  if (p.parent_id) row(dl, t('tip.parent'), zoneName(p.parent_id));
-  frag.appendChild(dl);
-  const alerts = sortedAlerts().filter((a) => String(a.zone_id) === id);
-  frag.appendChild(el('div', { class: 'tip-sub' }, `${t('tip.alerts')}: ${alerts.length || t('tip.none')}`));
-  if (alerts.length) {
-    const ul = el('ul', { class: 'tip-alerts' });
-    for (const a of alerts) {
-      const li = el('li');
-      li.appendChild(levelChip(a.severity));
-      li.appendChild(el('span', {}, ` ${a.title || hazardName(a.hazard)}`));
-      li.appendChild(el('span', { class: 'muted' }, ` · ${tOr(`alertStates.${a.state}`, a.state)} · ${ageText(a.raised)}`));
-      ul.appendChild(li);
-    }
-    frag.appendChild(ul);
-  }
-  return frag;
-}
-
-function deviceContent(id) {
-  const f = state.devices.find((d) => String(d.properties && d.properties.id) === id);
-  const p = (f && f.properties) || { id };
-  const frag = document.createDocumentFragment();
-  frag.appendChild(el('div', { class: 'tip-title' }, id));
-  const dl = el('dl');
-  row(dl, t('tip.kind'), tOr(`deviceKinds.${p.kind}`, p.kind));
-  const st = el('span', { class: p.online ? 'ok' : 'bad' }, p.online ? t('tip.online') : t('tip.offline'));
-  row(dl, t('tip.status'), st);
-  row(dl, t('tip.lastSeen'), p.last_seen ? `${ageText(p.last_seen)} (${shortTime(p.last_seen)})` : t('tip.never'));
-  const zs = Array.isArray(p.zone_ids) ? p.zone_ids.map(zoneName).join(', ') : '';
-  row(dl, t('tip.zones'), zs || t('tip.none'));
-  frag.appendChild(dl);
-  return frag;
-}
-
-function targetOf(node) {
-  const dev = node.closest && node.closest('[data-device-id]');
-  if (dev) return { kind: 'device', id: dev.dataset.deviceId };
-  const zone = node.closest && node.closest('[data-zone-id]');
-  if (zone) return { kind: 'zone', id: zone.dataset.zoneId };
-  return null;
-}
-
-function fillTooltip(target) {
-  tooltip.replaceChildren();
-  if (state.pinned) {
-    const close = el('button', { class: 'tip-close', type: 'button', 'aria-label': t('tip.close'), title: t('tip.close') }, '×');
-    close.addEventListener('click', (e) => {
-      e.stopPropagation();
-      unpin();
-    });
-    tooltip.appendChild(close);
-  }
-  tooltip.appendChild(target.kind === 'zone' ? zoneContent(target.id) : deviceContent(target.id));
-}
-
-function placeTooltip(evt) {
-  const box = mapPane.getBoundingClientRect();
-  const w = tooltip.offsetWidth;
-  const h = tooltip.offsetHeight;
-  let x = evt.clientX - box.left + 14;
-  let y = evt.clientY - box.top + 14;
-  if (x + w > box.width - 8) x = Math.max(8, evt.clientX - box.left - w - 14);
-  if (y + h > box.height - 8) y = Math.max(8, box.height - h - 8);
-  tooltip.style.left = `${x}px`;
-  tooltip.style.top = `${y}px`;
-}
-
-function pin(target) {
-  state.pinned = target;
-  tooltip.classList.add('pinned');
-  tooltip.style.left = '';
-  tooltip.style.top = '';
-  fillTooltip(target);
-  tooltip.hidden = false;
+function renderAll() {
   updateZoneStyles();
-  drawDevices();
-}
-
-function unpin() {
-  state.pinned = null;
-  tooltip.classList.remove('pinned');
-  tooltip.hidden = true;
-  updateZoneStyles();
-  drawDevices();
-}
-
-svg.addEventListener('mousemove', (evt) => {
-  if (state.pinned || (drag && drag.moved)) return;
-  const target = targetOf(evt.target);
-  if (!target) {
-    tooltip.hidden = true;
-    return;
-  }
-  fillTooltip(target);
-  tooltip.hidden = false;
-  placeTooltip(evt);
-});
-svg.addEventListener('mouseleave', () => {
-  if (!state.pinned) tooltip.hidden = true;
-});
-svg.addEventListener('click', (evt) => {
-  if (suppressClick) {
-    suppressClick = false;
-    return;
-  }
-  const target = targetOf(evt.target);
-  if (target) pin(target);
-  else if (state.pinned) unpin();
-});
-document.addEventListener('keydown', (evt) => {
-  if (evt.key === 'Escape' && state.pinned) unpin();
-});
-
-function refreshPinned() {
-  if (state.pinned) fillTooltip(state.pinned);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Legend
-// ---------------------------------------------------------------------------------------------
-function buildLegend() {
-  const legend = $('legend');
-  legend.replaceChildren();
-  const group = (heading) => {
-    const g = el('div', { class: 'legend-group' });
-    if (heading) g.appendChild(el('span', { class: 'legend-h' }, heading));
-    legend.appendChild(g);
-    return g;
-  };
-  const item = (parent, key, text) => {
-    const span = el('span', { class: 'legend-item' });
-    span.append(key, document.createTextNode(text));
-    parent.appendChild(span);
-  };
-  const levels = group(t('legend.levels'));
-  for (const lv of [1, 2, 3, 4]) item(levels, levelChip(lv), t(`levels.${lv}.name`));
-  item(levels, levelChip(null), t('noLevel'));
-  item(group(''), el('span', { class: 'pulse-key', 'aria-hidden': 'true' }), t('legend.pulsing'));
-  const devs = group(t('legend.devices'));
-  for (const [kind, letter] of Object.entries(KIND_LETTERS)) {
-    item(devs, el('span', { class: 'dev-key' }, letter), tOr(`deviceKinds.${kind}`, kind));
-  }
-  item(devs, el('span', { class: 'dev-key' }), t('legend.online'));
-  item(devs, el('span', { class: 'dev-key off' }), t('legend.offline'));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Alerts
-// ---------------------------------------------------------------------------------------------
-function sortedAlerts() {
-  return [...state.alerts].sort((a, b) => {
-    const sa = levelOf(a.severity) ?? 5;
-    const sb = levelOf(b.severity) ?? 5;
-    if (sa !== sb) return sa - sb;
-    return (parseTime(a.raised) ?? Infinity) - (parseTime(b.raised) ?? Infinity); // oldest first
-  });
-}
-
-function workOrderLabel(id) {
-  const s = String(id);
-  return /^wo\b|^wo-/i.test(s) ? s : t('workOrderShort', { id: s });
-}
-
-const alertParts = new WeakMap(); // li -> the nodes updated on every poll
-
-function createAlertEl(id) {
-  const li = el('li', { class: 'alert' });
-  li.dataset.alertId = id;
-  const chip = el('span', { class: 'chip' });
-  const body = el('div', { class: 'alert-body' });
-  const title = el('div', { class: 'alert-title' });
-  const meta = el('div', { class: 'alert-meta' });
-  const err = el('div', { class: 'alert-err', role: 'alert' });
-  err.hidden = true;
-  body.append(title, meta, err);
-  const actions = el('div', { class: 'alert-actions' });
-  const ack = el('button', { type: 'button', class: 'btn btn-ack' }, t('acknowledge'));
-  const res = el('button', { type: 'button', class: 'btn btn-resolve' }, t('resolve'));
-  ack.addEventListener('click', (e) => {
-    e.stopPropagation();
-    act(id, 'acknowledge');
-  });
-  res.addEventListener('click', (e) => {
-    e.stopPropagation();
-    act(id, 'resolve');
-  });
-  actions.append(ack, res);
-  li.append(chip, body, actions);
-  li.addEventListener('click', () => {
-    const a = state.alerts.find((x) => String(x.id) === id);
-    if (a && state.zoneEls.has(String(a.zone_id))) {
-      pin({ kind: 'zone', id: String(a.zone_id) });
-      revealZone(String(a.zone_id));
-    }
-  });
-  alertParts.set(li, { chip, title, meta, err, ack, res });
-  return li;
-}
-
-function updateAlertEl(li, a, now) {
-  const { chip, title, meta, err, ack, res } = alertParts.get(li);
-  const lv = levelOf(a.severity);
-  chip.className = `chip lvl-${lv ?? 'none'}`;
-  chip.textContent = lv ? t(`levels.${lv}.letter`) : '–';
-  chip.title = lv ? `${t(`levels.${lv}.name`)} — ${t(`levels.${lv}.meaning`)}` : t('noLevel');
-  title.textContent = a.title || hazardName(a.hazard);
-  // Most important first, since a narrow screen cuts the end of the line.
-  meta.replaceChildren(document.createTextNode(`${zoneName(a.zone_id)} · ${ageText(a.raised, now)} · `));
-  meta.appendChild(el('span', { class: `state state-${a.state}` }, tOr(`alertStates.${a.state}`, a.state)));
-  const rest = [hazardName(a.hazard)];
-  if (a.work_order_id) rest.push(workOrderLabel(a.work_order_id));
-  meta.appendChild(document.createTextNode(` · ${rest.join(' · ')}`));
-  meta.title = `raised ${a.raised || ''}${a.updated ? `, updated ${a.updated}` : ''}`;
-  li.classList.toggle('acknowledged', a.state === 'acknowledged');
-  const busy = state.busy.has(String(a.id));
-  li.classList.toggle('busy', busy);
-  ack.disabled = busy || a.state !== 'active';
-  res.disabled = busy;
-  ack.textContent = busy ? t('working') : t('acknowledge');
-  const e = state.actionErrors.get(String(a.id));
-  if (e && e.until > now) {
-    err.textContent = e.text;
-    err.hidden = false;
-  } else {
-    err.hidden = true;
-    err.textContent = '';
-  }
-}
-
-function renderAlerts() {
-  const list = $('alerts');
-  const now = Date.now();
-  const alerts = sortedAlerts();
-  const seen = new Set();
-  const order = [];
-  for (const a of alerts) {
-    const id = String(a.id);
-    seen.add(id);
-    let li = state.alertEls.get(id);
-    if (!li) {
-      li = createAlertEl(id);
-      state.alertEls.set(id, li);
-    }
-    updateAlertEl(li, a, now);
-    order.push(li);
-  }
-  for (const [id, li] of state.alertEls) {
-    if (!seen.has(id)) {
-      li.remove();
-      state.alertEls.delete(id);
-    }
-  }
-  // Move nodes only where the order changed, so a click in progress is not disturbed.
-  order.forEach((li, i) => {
-    if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
-  });
-  const empty = list.querySelector('.empty');
-  const showEmpty = !alerts.length && state.loaded.alerts;
-  if (showEmpty && !empty) list.appendChild(el('li', { class: 'empty' }, t('noAlerts')));
-  if (!showEmpty && empty) empty.remove();
-  const active = alerts.filter((a) => a.state === 'active').length;
-  $('alerts-count').textContent = t('alertCounts', { active, ack: alerts.length - active });
-}
-
-async function act(id, action) {
-  if (state.busy.has(id)) return;
-  state.busy.add(id);
-  state.actionErrors.delete(id);
   renderAlerts();
-  try {
-    await fetchJSON(`/api/alerts/${encodeURIComponent(id)}/${action}`, { method: 'POST', body: '{}' });
-  } catch (err) {
-    const text = t('actionFailed', { action: tOr(`actionNames.${action}`, action), detail: errorText(err) });
-    state.actionErrors.set(id, { text, until: Date.now() + ACTION_ERROR_MS });
-  } finally {
-    state.busy.delete(id);
-  }
-  renderAlerts();
-  requestRefresh();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Work orders
-// ---------------------------------------------------------------------------------------------
-const WO_COLUMNS = ['id', 'hazard', 'severity', 'zone', 'department', 'team', 'state', 'created', 'respond_by'];
-
-function buildWorkOrderHead() {
-  const tr = $('wo-head');
-  tr.replaceChildren(...WO_COLUMNS.map((c) => el('th', { scope: 'col', class: `col-${c}` }, t(`woColumns.${c}`))));
-}
-
-function renderWorkOrders() {
-  const now = new Date();
-  const rows = [...state.workOrders].sort((a, b) => {
-    const aa = ACTIVE_WO_STATES.has(a.state) ? 0 : 1;
-    const ab = ACTIVE_WO_STATES.has(b.state) ? 0 : 1;
-    if (aa !== ab) return aa - ab;
-    const sa = levelOf(a.severity) ?? 5;
-    const sb = levelOf(b.severity) ?? 5;
-    if (sa !== sb) return sa - sb;
-    return (parseTime(b.created) ?? 0) - (parseTime(a.created) ?? 0); // newest first
-  });
-  const body = $('wo-body');
-  const frag = document.createDocumentFragment();
-  for (const w of rows.slice(0, MAX_WORK_ORDER_ROWS)) {
-    const overdue = OPEN_WO_STATES.has(w.state) && (parseTime(w.respond_by) ?? Infinity) < now.getTime();
-    const tr = el('tr', { class: `wo-${w.state}${overdue ? ' overdue' : ''}` });
-    tr.appendChild(el('td', { class: 'col-id mono', title: w.id }, w.id));
-    tr.appendChild(el('td', { class: 'col-hazard', title: hazardName(w.hazard) }, hazardName(w.hazard)));
-    const sev = el('td', { class: 'col-severity' });
-    sev.appendChild(levelChip(w.severity));
-    tr.appendChild(sev);
-    tr.appendChild(el('td', { class: 'col-zone', title: w.zone_id }, zoneName(w.zone_id)));
-    tr.appendChild(el('td', { class: 'col-department', title: w.department }, w.department ? humanKey(w.department) : t('dash')));
-    tr.appendChild(el('td', { class: 'col-team mono', title: w.team_id }, w.team_id || t('dash')));
-    tr.appendChild(el('td', { class: `col-state state-${w.state}` }, tOr(`woStates.${w.state}`, w.state)));
-    tr.appendChild(el('td', { class: 'col-created mono', title: w.created }, shortTime(w.created, now)));
-    const rb = el('td', { class: 'col-respond_by mono', title: w.respond_by }, shortTime(w.respond_by, now));
-    if (overdue) {
-      rb.classList.add('overdue-cell');
-      rb.title = `${t('overdue')}: ${w.respond_by}`;
-      rb.prepend(el('span', { class: 'overdue-tag', 'aria-label': t('overdue') }, '!'));
-      rb.appendChild(el('span', { class: 'overdue-word' }, ` ${t('overdue')}`));
-    }
-    tr.appendChild(rb);
-    frag.appendChild(tr);
-  }
-  if (!rows.length && state.loaded.workOrders) {
-    const tr = el('tr', { class: 'empty' });
-    tr.appendChild(el('td', { colspan: WO_COLUMNS.length }, t('noWorkOrders')));
-    frag.appendChild(tr);
-  }
-  body.replaceChildren(frag);
-  const open = rows.filter((w) => ACTIVE_WO_STATES.has(w.state)).length;
-  $('wo-count').textContent = t('woCounts', { open, total: rows.length });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Header: health, clock, connection
-// ---------------------------------------------------------------------------------------------
-/** A service's status may be a boolean, a word, or an object with ok/connected/status. */
-function serviceOk(v) {
-  if (typeof v === 'boolean') return v;
-  if (typeof v === 'number') return v > 0;
-  if (typeof v === 'string') {
-    if (/^(ok|up|connected|healthy|online|true|ready)$/i.test(v)) return true;
-    if (/^(down|error|disconnected|unreachable|offline|false|failed|fail)$/i.test(v)) return false;
-    return null;
-  }
-  if (v && typeof v === 'object') {
-    for (const k of ['ok', 'connected', 'up', 'healthy', 'status', 'state']) {
-      if (k in v) return serviceOk(v[k]);
-    }
-  }
-  return null;
-}
-
-function formatNumber(n) {
-  if (!Number.isInteger(n)) return (Math.round(n * 100) / 100).toLocaleString('en-US');
-  return n.toLocaleString('en-US');
-}
-
-function renderHealth() {
-  const h = state.health;
-  const counts = $('counts');
-  const services = $('services');
-  counts.replaceChildren();
-  services.replaceChildren();
-  if (!h || typeof h !== 'object') return;
-  const entries = [];
-  if (h.counts && typeof h.counts === 'object') {
-    for (const [k, v] of Object.entries(h.counts)) if (typeof v === 'number') entries.push([k, v]);
-  }
-  for (const [k, v] of Object.entries(h)) if (typeof v === 'number') entries.push([k, v]); // e.g. lag
-  for (const [k, v] of entries) {
-    const li = el('li');
-    li.appendChild(el('span', { class: 'count-v' }, formatNumber(v)));
-    li.appendChild(el('span', { class: 'count-k' }, tOr(`counts.${k}`, humanKey(k))));
-    counts.appendChild(li);
-  }
-  for (const key of ['broker', 'database']) {
-    if (!(key in h)) continue;
-    const ok = serviceOk(h[key]);
-    const name = tOr(`services.${key}`, key);
-    const li = el('li', { class: `svc ${ok === true ? 'svc-ok' : ok === false ? 'svc-bad' : 'svc-unknown'}` });
-    li.appendChild(el('span', { class: 'dot', 'aria-hidden': 'true' }));
-    li.appendChild(el('span', {}, name));
-    li.title = `${t(ok === true ? 'serviceOk' : ok === false ? 'serviceDown' : 'serviceUnknown', { name })}\n${JSON.stringify(h[key])}`;
-    services.appendChild(li);
-  }
-}
-
-function renderConn() {
-  const c = $('conn');
-  if (state.connected === null) {
-    c.className = 'conn conn-wait';
-    c.textContent = t('connecting');
-  } else {
-    c.className = `conn ${state.connected ? 'conn-live' : 'conn-down'}`;
-    c.textContent = state.connected ? t('live') : t('disconnected');
-  }
-  document.body.classList.toggle('stale', state.connected === false);
-  c.title = state.lastOk ? t('lastUpdate', { time: new Date(state.lastOk).toLocaleTimeString('en-GB') }) : '';
-}
-
-function tickClock() {
-  const d = new Date();
-  const clock = $('clock');
-  clock.textContent = `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
-  clock.setAttribute('datetime', d.toISOString());
+  renderBoard();
+  renderDialog();
+  refreshPinned();
+  followChartZone();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1198,18 +82,14 @@ function showMsg(id, text) {
 async function loadZones() {
   try {
     const fc = await fetchJSON('/api/zones');
-    const features = fc && Array.isArray(fc.features) ? fc.features : [];
-    state.zones = new Map(features.filter((f) => f && f.properties).map((f) => [String(f.properties.id), f]));
-    const sig = zoneSignature(features);
-    if (sig !== state.zoneSignature) {
-      state.zoneSignature = sig;
-      buildMap(features);
-    }
+    const features = fc && Array.isArray(fc.features) ? fc.features.filter((f) => f && f.properties) : [];
+    state.zones = new Map(features.map((f) => [String(f.properties.id), f]));
+    buildMap(features);
     const msg = $('map-empty');
     msg.textContent = features.length ? '' : t('mapEmpty');
     msg.hidden = features.length > 0;
   } catch (err) {
-    if (!state.zoneEls.size) {
+    if (!state.zones.size) {
       const msg = $('map-empty');
       msg.textContent = t('mapUnavailable', { detail: errorText(err) });
       msg.hidden = false;
@@ -1219,16 +99,13 @@ async function loadZones() {
 }
 
 async function loadAlerts() {
+  const started = Date.now();
   try {
     const [active, acked] = await Promise.all([
       fetchJSON('/api/alerts?state=active'),
       fetchJSON('/api/alerts?state=acknowledged'),
     ]);
-    const byId = new Map();
-    for (const a of [...(Array.isArray(active) ? active : []), ...(Array.isArray(acked) ? acked : [])]) {
-      if (a && a.id !== undefined && (a.state === 'active' || a.state === 'acknowledged')) byId.set(String(a.id), a);
-    }
-    state.alerts = [...byId.values()];
+    replaceAlerts([...(Array.isArray(active) ? active : []), ...(Array.isArray(acked) ? acked : [])], started);
     state.loaded.alerts = true;
     showMsg('alerts-msg', '');
   } catch (err) {
@@ -1238,9 +115,10 @@ async function loadAlerts() {
 }
 
 async function loadWorkOrders() {
+  const started = Date.now();
   try {
     const wos = await fetchJSON('/api/work-orders');
-    state.workOrders = Array.isArray(wos) ? wos.filter((w) => w && typeof w === 'object') : [];
+    replaceWorkOrders(Array.isArray(wos) ? wos.filter((w) => w && typeof w === 'object') : [], started);
     state.loaded.workOrders = true;
     showMsg('wo-msg', '');
   } catch (err) {
@@ -1249,105 +127,900 @@ async function loadWorkOrders() {
   }
 }
 
-async function loadHealth() {
-  state.health = await fetchJSON('/api/health');
-}
-
-async function loadDevices() {
-  const fc = await fetchJSON('/api/devices');
-  state.devices = fc && Array.isArray(fc.features) ? fc.features : [];
-}
-
-function noteResults(results) {
-  const netDown = results.some((r) => r.status === 'rejected' && r.reason instanceof NetError);
-  const anyOk = results.some((r) => r.status === 'fulfilled');
-  state.connected = !netDown;
-  if (anyOk && !netDown) state.lastOk = Date.now();
+function reportUnexpected(results) {
   for (const r of results) {
     if (r.status === 'rejected' && !(r.reason instanceof NetError) && !(r.reason instanceof ApiError)) {
-      console.error(r.reason); // our own bug: show it to whoever opens the console
+      console.error(r.reason); // our own bug: show it to whoever opens the browser console
     }
   }
 }
 
-async function fastCycle() {
-  const results = await Promise.allSettled([loadZones(), loadAlerts(), loadWorkOrders(), loadHealth()]);
-  noteResults(results);
-  updateZoneStyles();
+/** Fetch the lists (and the zones the first time). True when the server answered. */
+async function resync() {
+  const jobs = [loadAlerts(), loadWorkOrders()];
+  if (!state.zones.size) jobs.push(loadZones()); // the map needs them once, then every ZONES_MS
+  const results = await Promise.allSettled(jobs);
+  reportUnexpected(results);
+  const ok = results.every((r) => r.status === 'fulfilled');
+  if (ok) ui.lastOk = Date.now();
+  scheduleRender();
+  return ok;
+}
+
+function every(ms, fn) {
+  const run = async () => {
+    try {
+      await fn();
+    } catch (err) {
+      if (!(err instanceof NetError) && !(err instanceof ApiError)) console.error(err);
+    }
+    setTimeout(run, ms);
+  };
+  run();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header: health, connection, clock
+// ---------------------------------------------------------------------------------------------
+function serviceOk(v) {
+  if (typeof v === 'boolean') return v;
+  if (v && typeof v === 'object') {
+    for (const k of ['connected', 'ok', 'up']) if (k in v) return serviceOk(v[k]);
+  }
+  return null;
+}
+
+function renderHealth() {
+  const h = state.health;
+  const counts = $('counts');
+  const services = $('services');
+  counts.replaceChildren();
+  services.replaceChildren();
+  if (!h || typeof h !== 'object') return;
+  const all = { ...(h.counts && typeof h.counts === 'object' ? h.counts : {}), lag_s: h.lag_s };
+  for (const k of [...HEADER_COUNTS, 'lag_s']) {
+    if (typeof all[k] !== 'number') continue;
+    const li = el('li');
+    li.appendChild(el('span', { class: 'count-v' }, formatNumber(all[k])));
+    li.appendChild(el('span', { class: 'count-k' }, tOr(`counts.${k}`, humanKey(k))));
+    counts.appendChild(li);
+  }
+  for (const key of ['broker', 'database']) {
+    if (!(key in h)) continue;
+    const ok = serviceOk(h[key]);
+    const name = tOr(`services.${key}`, key);
+    const li = el('li', { class: `svc ${ok === true ? 'svc-ok' : ok === false ? 'svc-bad' : 'svc-unknown'}` });
+    li.appendChild(el('span', { class: 'dot', 'aria-hidden': 'true' }));
+    li.appendChild(el('span', {}, name));
+    li.title = t(ok === true ? 'serviceOk' : ok === false ? 'serviceDown' : 'serviceUnknown', { name });
+    services.appendChild(li);
+  }
+}
+
+function renderConn() {
+  const c = $('conn');
+  const text = { connecting: 'connecting', live: 'live', polling: 'polling', down: 'disconnected' }[ui.mode];
+  const cls = { connecting: 'conn-wait', live: 'conn-live', polling: 'conn-poll', down: 'conn-down' }[ui.mode];
+  c.className = `conn ${cls}`;
+  c.dataset.mode = ui.mode;
+  c.textContent = t(text);
+  c.title = ui.lastOk ? t('lastUpdate', { time: clockTime(ui.lastOk) }) : '';
+  document.body.classList.toggle('stale', ui.mode === 'down');
+}
+
+function tickClock() {
+  const d = new Date();
+  const clock = $('clock');
+  clock.textContent = `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${clockTime(d.getTime())}`;
+  clock.setAttribute('datetime', d.toISOString());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alert queue
+// ---------------------------------------------------------------------------------------------
+const alertParts = new WeakMap(); // li -> the nodes updated on every render
+
+function createAlertEl(id) {
+  const li = el('li', { class: 'alert', tabindex: '-1' });
+  li.dataset.alertId = id;
+  const chip = el('span', { class: 'chip' });
+  const body = el('div', { class: 'alert-body' });
+  const title = el('div', { class: 'alert-title' });
+  const meta = el('div', { class: 'alert-meta' });
+  const err = el('div', { class: 'alert-err', role: 'alert' });
+  err.hidden = true;
+  body.append(title, meta, err);
+  const actions = el('div', { class: 'alert-actions' });
+  const ack = el('button', { type: 'button', class: 'btn btn-ack' });
+  const res = el('button', { type: 'button', class: 'btn btn-resolve' });
+  ack.addEventListener('click', (e) => {
+    e.stopPropagation();
+    actOnAlert(id, 'acknowledge');
+  });
+  res.addEventListener('click', (e) => {
+    e.stopPropagation();
+    actOnAlert(id, 'resolve');
+  });
+  actions.append(ack, res);
+  const detail = el('div', { class: 'alert-detail' });
+  detail.hidden = true;
+  li.append(chip, body, actions, detail);
+  li.addEventListener('click', (e) => {
+    if (e.target.closest('.alert-detail')) return;
+    selectAlert(id, { reveal: true });
+  });
+  alertParts.set(li, { chip, title, meta, err, ack, res, detail });
+  return li;
+}
+
+function workOrderLabel(id) {
+  const s = String(id);
+  return /^wo-/i.test(s) ? s : t('workOrderShort', { id: s });
+}
+
+function updateAlertEl(li, a, now) {
+  const { chip, title, meta, err, ack, res, detail } = alertParts.get(li);
+  const lv = levelOf(a.severity);
+  chip.className = `chip lvl-${lv ?? 'none'}`;
+  chip.textContent = lv ? t(`levels.${lv}.letter`) : '–';
+  chip.title = lv ? `${t(`levels.${lv}.name`)} — ${t(`levels.${lv}.meaning`)}` : t('noLevel');
+  title.textContent = a.title || hazardName(a.hazard);
+  title.title = a.title || '';
+  // Most important first, since a narrow screen cuts the end of the line.
+  meta.replaceChildren(document.createTextNode(`${zoneName(a.zone_id)} · ${ageText(a.raised, now)} · `));
+  meta.appendChild(el('span', { class: `state state-${a.state}` }, tOr(`alertStates.${a.state}`, a.state)));
+  const rest = [hazardName(a.hazard)];
+  if (a.work_order_id) rest.push(workOrderLabel(a.work_order_id));
+  meta.appendChild(document.createTextNode(` · ${rest.join(' · ')}`));
+  li.classList.toggle('acknowledged', a.state === 'acknowledged');
+  const id = String(a.id);
+  const selected = state.selectedAlert === id;
+  li.classList.toggle('selected', selected);
+  li.setAttribute('aria-selected', selected ? 'true' : 'false');
+  const busy = ui.busy.has(id);
+  li.classList.toggle('busy', busy);
+  ack.disabled = busy || a.state !== 'active';
+  res.disabled = busy;
+  ack.textContent = busy ? t('working') : t('acknowledge');
+  res.textContent = t('resolve');
+  const e = ui.actionErrors.get(id);
+  if (e && e.until > now) {
+    err.textContent = e.text;
+    err.hidden = false;
+  } else {
+    err.hidden = true;
+    err.textContent = '';
+  }
+  detail.hidden = !selected;
+  if (selected) renderAlertDetail(detail, a);
+}
+
+function renderAlerts() {
+  const list = $('alerts');
+  const now = Date.now();
+  const alerts = sortedAlerts();
+  const seen = new Set();
+  const order = [];
+  const firstAck = alerts.findIndex((a) => a.state !== 'active');
+  for (const a of alerts) {
+    const id = String(a.id);
+    seen.add(id);
+    let li = ui.alertEls.get(id);
+    if (!li) {
+      li = createAlertEl(id);
+      ui.alertEls.set(id, li);
+    }
+    updateAlertEl(li, a, now);
+    order.push(li);
+  }
+  for (const [id, li] of ui.alertEls) {
+    if (!seen.has(id)) {
+      li.remove();
+      ui.alertEls.delete(id);
+      ui.evidence.delete(id);
+    }
+  }
+  if (state.selectedAlert && !seen.has(state.selectedAlert)) state.selectedAlert = null;
+  let divider = list.querySelector('.queue-divider');
+  if (firstAck > 0 || (firstAck === 0 && alerts.length)) {
+    if (!divider) divider = el('li', { class: 'queue-divider' });
+    divider.textContent = t('acknowledgedHeading', { n: alerts.length - firstAck });
+    order.splice(firstAck, 0, divider);
+  } else if (divider) divider.remove();
+  // Move nodes only where the order changed, so that a click in progress is not disturbed.
+  order.forEach((node, i) => {
+    if (list.children[i] !== node) list.insertBefore(node, list.children[i] || null);
+  });
+  const empty = list.querySelector('.empty');
+  const showEmpty = !alerts.length && state.loaded.alerts;
+  if (showEmpty && !empty) list.appendChild(el('li', { class: 'empty' }, t('noAlerts')));
+  if (!showEmpty && empty) empty.remove();
+  const active = alerts.filter((a) => a.state === 'active').length;
+  $('alerts-count').textContent = t('alertCounts', { active, ack: alerts.length - active });
+}
+
+function selectAlert(id, { reveal = false, scroll = false } = {}) {
+  state.selectedAlert = id;
+  const a = state.alerts.get(id);
+  if (a && reveal && !isPinned()) revealZone(String(a.zone_id));
+  renderAll();
+  const li = ui.alertEls.get(id);
+  if (li && scroll) li.scrollIntoView({ block: 'nearest' });
+}
+
+function moveSelection(step) {
+  const alerts = sortedAlerts();
+  if (!alerts.length) return;
+  let i = alerts.findIndex((a) => String(a.id) === state.selectedAlert);
+  i = i < 0 ? (step > 0 ? 0 : alerts.length - 1) : (i + step + alerts.length) % alerts.length;
+  selectAlert(String(alerts[i].id), { reveal: true, scroll: true });
+}
+
+async function actOnAlert(id, action) {
+  if (ui.busy.has(id)) return;
+  ui.busy.add(id);
+  ui.actionErrors.delete(id);
   renderAlerts();
-  renderWorkOrders();
+  try {
+    const row = await fetchJSON(`/api/alerts/${encodeURIComponent(id)}/${action}`, { method: 'POST', body: '{}' });
+    putAlert(row);
+  } catch (err) {
+    const text = t('actionFailed', { action: tOr(`actionNames.${action}`, action), detail: errorText(err) });
+    ui.actionErrors.set(id, { text, until: Date.now() + ACTION_ERROR_MS });
+  } finally {
+    ui.busy.delete(id);
+  }
+  renderAll();
+}
+
+// --- the selected alert's evidence and work order ---------------------------------------------
+function renderAlertDetail(box, a) {
+  const id = String(a.id);
+  const ev = ui.evidence.get(id);
+  if (!ev || ev.updated !== a.updated) loadEvidence(id, a.updated);
+  box.replaceChildren();
+  const head = el('div', { class: 'detail-head' }, t('evidence'));
+  box.appendChild(head);
+  if (!ev) {
+    box.appendChild(el('div', { class: 'muted small' }, t('evidenceLoading')));
+  } else if (ev.error) {
+    box.appendChild(el('div', { class: 'alert-err' }, ev.error));
+  } else {
+    box.appendChild(evidenceChart(a, ev.items, box));
+  }
+  const w = a.work_order_id ? state.workOrders.get(String(a.work_order_id)) : null;
+  const line = el('div', { class: 'alert-wo' });
+  if (w) {
+    line.appendChild(el('span', { class: 'mono' }, w.id));
+    line.appendChild(el('span', { class: `state state-${w.state}` }, tOr(`woStates.${w.state}`, w.state)));
+    line.appendChild(el('span', {}, humanKey(w.department || '')));
+    line.appendChild(el('span', { class: 'mono' }, w.team_id || t('noTeam')));
+    line.appendChild(el('span', {}, `${t('respondBy')} ${shortTime(w.respond_by)}`));
+    if (isOverdue(w)) line.appendChild(el('span', { class: 'overdue-tag' }, `! ${t('overdueTag')}`));
+    const open = el('button', { type: 'button', class: 'btn btn-wo' }, `${t('openWorkOrder')} (W)`);
+    open.addEventListener('click', (e) => {
+      e.stopPropagation();
+      openWorkOrder(String(w.id));
+    });
+    line.appendChild(open);
+  } else {
+    line.appendChild(el('span', { class: 'muted' }, a.work_order_id ? workOrderLabel(a.work_order_id) : t('noWorkOrder')));
+  }
+  box.appendChild(line);
+}
+
+const evidenceLoading = new Set();
+
+async function loadEvidence(id, updated) {
+  if (evidenceLoading.has(id)) return;
+  evidenceLoading.add(id);
+  try {
+    const full = await fetchJSON(`/api/alerts/${encodeURIComponent(id)}`);
+    ui.evidence.set(id, { updated, items: Array.isArray(full.evidence) ? full.evidence : [] });
+  } catch (err) {
+    ui.evidence.set(id, { updated, error: errorText(err) });
+  } finally {
+    evidenceLoading.delete(id);
+  }
+  scheduleRender();
+}
+
+/** The readings that raised the alert, one line per device, with the zone's thresholds. */
+function evidenceChart(a, items, box) {
+  const key = EVIDENCE_KEYS[a.hazard];
+  const byDevice = new Map();
+  for (const item of items) {
+    const v = item ? Number(item[key]) : NaN;
+    const ms = item ? parseTime(item.ts) : null;
+    if (!Number.isFinite(v) || ms === null || item[key] === null) continue;
+    const dev = String(item.device_id || '');
+    if (!byDevice.has(dev)) byDevice.set(dev, []);
+    byDevice.get(dev).push({ t: ms, v });
+  }
+  if (!byDevice.size) return el('div', { class: 'muted small' }, t('evidenceNone'));
+  const series = [...byDevice.entries()].map(([name, points]) => ({ name, points: points.sort((p, q) => p.t - q.t) }));
+  const cached = ui.series.get(String(a.zone_id));
+  const thresholds = cached && cached.data && cached.data.metrics[key] ? cached.data.metrics[key].thresholds : {};
+  const wrap = el('div', { class: 'evidence' });
+  const width = Math.max((box.clientWidth || $('alerts').clientWidth || 400) - 24, 200);
+  // Small enough on a laptop that the rest of the queue stays in view.
+  const height = Math.round(Math.min(110, Math.max(64, $('alerts').clientHeight * 0.25)));
+  wrap.appendChild(lineChart({
+    width, height, series, thresholds, unit: METRIC_UNITS[key] || '', labelLone: true,
+    label: `${t('evidence')}: ${tOr(`metrics.${key}`, key)}`,
+  }));
+  const legend = el('div', { class: 'evidence-legend small' });
+  series.forEach((s, i) => {
+    const last = s.points[s.points.length - 1];
+    const item = el('span', { class: `ev-key s${i % 6}` });
+    item.textContent = `${s.name}: ${formatNumber(last.v)} ${METRIC_UNITS[key] || ''} @ ${clockTime(last.t)}`;
+    legend.appendChild(item);
+  });
+  wrap.appendChild(legend);
+  return wrap;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work-order board: a column per state, grouped by department inside, overdue marked.
+// ---------------------------------------------------------------------------------------------
+function renderDepartments() {
+  const sel = $('wo-dept');
+  const depts = [...new Set([...state.workOrders.values()].map((w) => w.department).filter(Boolean))].sort();
+  const want = ['', ...depts];
+  const have = [...sel.options].map((o) => o.value);
+  if (want.join('|') !== have.join('|') || sel.dataset.lang !== getLang()) {
+    sel.replaceChildren(...want.map((d) => el('option', { value: d }, d ? humanKey(d) : t('allDepartments'))));
+    sel.dataset.lang = getLang();
+  }
+  sel.value = state.department;
+  const teams = [...new Set([...state.workOrders.values()].map((w) => w.team_id).filter(Boolean))].sort();
+  const list = $('team-list');
+  if (list.children.length !== teams.length) list.replaceChildren(...teams.map((x) => el('option', { value: x })));
+}
+
+function renderBoard() {
+  renderDepartments();
+  const now = Date.now();
+  const all = [...state.workOrders.values()];
+  const shown = all.filter((w) => !state.department || w.department === state.department);
+  const board = $('board');
+  const states = state.showClosed ? WO_STATES : WO_STATES.filter((s) => s !== 'closed');
+  board.style.setProperty('--cols', String(states.length));
+  const columns = [];
+  for (const st of states) {
+    let rows = shown.filter((w) => w.state === st);
+    rows.sort((a, b) => String(a.department).localeCompare(String(b.department))
+      || (levelOf(a.severity) ?? 5) - (levelOf(b.severity) ?? 5)
+      || (parseTime(b.created) ?? 0) - (parseTime(a.created) ?? 0));
+    const total = rows.length;
+    if (st === 'closed') rows = rows.slice(0, CLOSED_SHOWN);
+    const col = el('section', { class: `wo-col col-${st}`, 'aria-label': tOr(`woStates.${st}`, st) });
+    const overdue = rows.filter((w) => isOverdue(w, now)).length;
+    const head = el('h3', { class: `col-head state-${st}` }, tOr(`woStates.${st}`, st));
+    const count = el('span', { class: 'col-count' }, String(total));
+    if (overdue) count.prepend(el('span', { class: 'overdue-tag', title: t('overdue') }, `! ${overdue}`), ' ');
+    head.appendChild(count);
+    col.appendChild(head);
+    const list = el('div', { class: 'col-cards' });
+    let dept = null;
+    for (const w of rows) {
+      if (w.department !== dept) {
+        dept = w.department;
+        list.appendChild(el('div', { class: 'dept-head', title: dept }, humanKey(dept || '—')));
+      }
+      list.appendChild(workOrderCard(w, now));
+    }
+    col.appendChild(list);
+    columns.push(col);
+  }
+  board.replaceChildren(...columns);
+  const inProgress = all.filter((w) => ['open', 'assigned', 'accepted'].includes(w.state)).length;
+  const overdueAll = all.filter((w) => isOverdue(w, now)).length;
+  $('wo-count').textContent = t('woCounts', { open: inProgress, overdue: overdueAll, total: all.length });
+  const closed = all.filter((w) => w.state === 'closed').length;
+  $('wo-closed-label').textContent = `${t('showClosed')} (${closed})`;
+}
+
+function workOrderCard(w, now) {
+  const overdue = isOverdue(w, now);
+  const card = el('button', { type: 'button', class: `wo-card${overdue ? ' overdue' : ''}`, title: w.title || '' });
+  card.dataset.woId = w.id;
+  const top = el('div', { class: 'card-top' });
+  top.appendChild(levelChip(w.severity));
+  top.appendChild(el('span', { class: 'mono card-id' }, w.id));
+  card.appendChild(top);
+  card.appendChild(el('div', { class: 'card-zone' }, zoneName(w.zone_id)));
+  const meta = el('div', { class: 'card-meta' });
+  meta.appendChild(el('span', { class: 'meta-text' }, `${hazardName(w.hazard)} · ${w.team_id || t('noTeam')}`));
+  if (!['resolved', 'closed'].includes(w.state)) {
+    // What is due next: a response until accepted, then the fix. Overdue: "!" and the word in
+    // the tooltip, besides the red, so that it does not rest on colour alone.
+    const due = w.state === 'accepted' ? w.resolve_by : w.respond_by;
+    const label = t(w.state === 'accepted' ? 'resolveBy' : 'respondBy');
+    meta.appendChild(el('span', {
+      class: 'card-due mono', title: overdue ? `${t('overdue')}: ${label}` : label,
+    }, `${overdue ? '! ' : ''}${shortTime(due)}`));
+  }
+  card.appendChild(meta);
+  card.addEventListener('click', () => openWorkOrder(String(w.id)));
+  return card;
+}
+
+// --- one work order: fields, history, actions --------------------------------------------------
+const dialog = $('wo-dialog');
+
+async function openWorkOrder(id) {
+  ui.dialogOrder = id;
+  showResult(null);
+  $('wo-reason').value = '';
+  const w = state.workOrders.get(id);
+  $('wo-team').value = w && w.team_id ? w.team_id : '';
+  renderDialog();
+  if (!dialog.open) dialog.showModal();
+  try {
+    putWorkOrder(await fetchJSON(`/api/work-orders/${encodeURIComponent(id)}`));
+    renderDialog();
+  } catch (err) {
+    showResult({ kind: 'bad', text: t('unavailable', { detail: errorText(err) }) });
+  }
+}
+
+function renderDialog() {
+  if (!dialog.open && ui.dialogOrder === null) return;
+  const w = state.workOrders.get(ui.dialogOrder);
+  if (!w) return;
+  $('wo-d-title').replaceChildren(levelChip(w.severity), document.createTextNode(` ${w.id} — ${w.title || hazardName(w.hazard)}`));
+  const dl = $('wo-d-fields');
+  dl.replaceChildren();
+  const add = (key, value, cls) => {
+    dl.appendChild(el('dt', {}, t(`wo.${key}`)));
+    const dd = el('dd', { class: cls || '' });
+    if (value instanceof Node) dd.appendChild(value);
+    else dd.textContent = value === undefined || value === null || value === '' ? t('dash') : String(value);
+    dl.appendChild(dd);
+  };
+  const overdue = isOverdue(w);
+  const stateNode = el('span', { class: `state state-${w.state}` }, tOr(`woStates.${w.state}`, w.state));
+  add('state', stateNode);
+  add('hazard', hazardName(w.hazard));
+  add('zone', `${zoneName(w.zone_id)} (${w.zone_id})`);
+  add('department', humanKey(w.department || ''));
+  add('team', w.team_id || t('noTeam'));
+  add('created', `${shortTime(w.created)} (${ageText(w.created)})`);
+  const respond = el('span', {}, shortTime(w.respond_by));
+  if (overdue) respond.appendChild(el('span', { class: 'overdue-tag' }, `! ${t('overdueTag')}`));
+  add('respond_by', respond);
+  add('resolve_by', shortTime(w.resolve_by));
+  add('alerts', Array.isArray(w.alert_ids) ? w.alert_ids.join(', ') : '');
+  if (w.duplicates) add('duplicates', w.duplicates);
+  if (Array.isArray(w.flags) && w.flags.length) add('flags', w.flags.join(', '));
+  if (w.escalation_level) add('escalation_level', w.escalation_level);
+  $('wo-d-history-head').replaceChildren(...['ts', 'change', 'actor', 'reason'].map((k) => el('th', {}, t(`historyCols.${k}`))));
+  const body = $('wo-d-history');
+  const history = Array.isArray(w.history) ? [...w.history].reverse() : [];
+  body.replaceChildren(...history.map((h) => {
+    const tr = el('tr');
+    tr.appendChild(el('td', { class: 'mono', title: h.ts }, shortTime(h.ts)));
+    const from = h.from ? tOr(`woStates.${h.from}`, h.from) : '';
+    tr.appendChild(el('td', {}, from && h.from !== h.to ? `${from} → ${tOr(`woStates.${h.to}`, h.to)}` : tOr(`woStates.${h.to}`, h.to)));
+    tr.appendChild(el('td', {}, h.actor || ''));
+    tr.appendChild(el('td', {}, h.reason || ''));
+    return tr;
+  }));
+  const buttons = $('wo-buttons');
+  if (buttons.dataset.lang !== getLang()) {
+    buttons.replaceChildren(...WO_ACTIONS.map((a) => {
+      const b = el('button', { type: 'button', class: `btn btn-${a}` }, tOr(`actionButtons.${a}`, a));
+      b.dataset.action = a;
+      b.addEventListener('click', () => actOnWorkOrder(a));
+      return b;
+    }));
+    buttons.dataset.lang = getLang();
+  }
+}
+
+function showResult(result) {
+  const box = $('wo-result');
+  box.replaceChildren();
+  if (!result) {
+    box.hidden = true;
+    return;
+  }
+  box.className = `wo-result ${result.kind}`;
+  box.appendChild(el('div', { class: 'result-main' }, result.text));
+  if (result.detail) box.appendChild(el('div', { class: 'result-detail' }, result.detail));
+  box.hidden = false;
+}
+
+/** The API's refusal in plain words, with its own reason underneath. */
+function refusalText(err, id, action) {
+  const body = err.body && typeof err.body === 'object' ? err.body : {};
+  const server = t('serverSaid', { detail: err.detail });
+  if (err.status === 409 && typeof body.state === 'string') {
+    const stateName = tOr(`woStates.${body.state}`, body.state);
+    const verb = tOr(`verbs.${action}`, action);
+    let text = t('refused', { id, verb, state: stateName });
+    const m = /allowed from '[^']*': ([^)]*)\)/.exec(err.detail || '');
+    if (m) {
+      const allowed = m[1].split(',').map((s) => s.trim()).filter(Boolean).map((a) => tOr(`verbs.${a}`, a));
+      text += ` ${t('refusedAllowed', { state: stateName, allowed: allowed.join(', ') })}`;
+    } else if (/it is final/.test(err.detail || '')) {
+      text += ` ${t('refusedFinal')}`;
+    }
+    return { kind: 'bad', text, detail: server };
+  }
+  if (err.status === 409 && Array.isArray(body.evidence)) {
+    // Refused because the sensors still see the hazard: no closing an order on paper only.
+    const w = state.workOrders.get(id);
+    const hazard = w ? hazardName(w.hazard).toLowerCase() : '';
+    return { kind: 'bad', text: t('refusedSensors', { id, hazard, verb: tOr(`verbs.${action}`, action) }), detail: server };
+  }
+  if (err.status === 409) return { kind: 'bad', text: t('refusedOther', { detail: err.detail }) };
+  if (err.status === 404) return { kind: 'bad', text: t('notFound', { detail: err.detail }) };
+  if (err.status === 422 || err.status === 400) return { kind: 'bad', text: t('invalid', { detail: err.detail }) };
+  return { kind: 'bad', text: t('actionFailed', { action: tOr(`actionNames.${action}`, action), detail: err.detail }) };
+}
+
+async function actOnWorkOrder(action) {
+  const id = ui.dialogOrder;
+  if (!id) return;
+  const actor = $('wo-actor').value.trim() || 'operator';
+  try {
+    window.localStorage.setItem('citywatch.actor', actor);
+  } catch {
+    // Not remembered; the field still works.
+  }
+  const body = { actor, reason: $('wo-reason').value.trim() };
+  const team = $('wo-team').value.trim();
+  if (action === 'assign' && team) body.team_id = team;
+  const buttons = [...$('wo-buttons').querySelectorAll('button')];
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    const row = await fetchJSON(`/api/work-orders/${encodeURIComponent(id)}/${action}`, {
+      method: 'POST', body: JSON.stringify(body),
+    });
+    putWorkOrder(row);
+    showResult({ kind: 'good', text: t('done', { id, state: tOr(`woStates.${row.state}`, row.state) }) });
+    $('wo-reason').value = '';
+  } catch (err) {
+    showResult(err instanceof ApiError ? refusalText(err, id, action) : { kind: 'bad', text: errorText(err) });
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+  renderAll();
+}
+
+dialog.addEventListener('close', () => {
+  ui.dialogOrder = null;
+});
+$('wo-d-close').addEventListener('click', () => dialog.close());
+
+// ---------------------------------------------------------------------------------------------
+// Zone charts and the day's funnel
+// ---------------------------------------------------------------------------------------------
+function followChartZone() {
+  if (state.chartZonePicked && state.chartZone) return;
+  const sel = state.selectedAlert ? state.alerts.get(state.selectedAlert) : null;
+  const top = sel || sortedAlerts()[0];
+  const zone = top ? String(top.zone_id) : null;
+  if (zone !== state.chartZone) {
+    state.chartZone = zone;
+    loadSeries(true);
+  }
+}
+
+let seriesLoading = null;
+
+async function loadSeries(render = false) {
+  const zone = state.chartZone;
+  if (!zone) {
+    renderCharts();
+    return;
+  }
+  const cached = ui.series.get(zone);
+  if (render) renderCharts();
+  if (seriesLoading === zone) return;
+  if (cached && cached.hours === ui.chartHours && Date.now() - cached.at < 5000) return;
+  seriesLoading = zone;
+  try {
+    const data = await fetchJSON(`/api/zones/${encodeURIComponent(zone)}/series?hours=${ui.chartHours}`);
+    ui.series.set(zone, { hours: ui.chartHours, at: Date.now(), data });
+  } catch (err) {
+    ui.series.set(zone, { hours: ui.chartHours, at: Date.now(), error: errorText(err) });
+  } finally {
+    seriesLoading = null;
+  }
+  if (state.chartZone === zone) renderCharts();
+  scheduleRender(); // the evidence chart draws the thresholds it now knows
+}
+
+function renderCharts() {
+  const box = $('charts');
+  const zone = state.chartZone;
+  $('chart-zone').textContent = zone ? `${zoneName(zone)} · ${tOr(`zoneTypes.${state.zones.get(zone)?.properties?.type}`, '')}` : '';
+  $('chart-caption').textContent = t('chartCaption');
+  if (!zone) {
+    box.replaceChildren(el('div', { class: 'muted chart-hint' }, t('noZone')));
+    return;
+  }
+  const cached = ui.series.get(zone);
+  if (!cached) {
+    box.replaceChildren(el('div', { class: 'muted chart-hint' }, '…'));
+    return;
+  }
+  if (cached.error) {
+    box.replaceChildren(el('div', { class: 'alert-err' }, t('unavailable', { detail: cached.error })));
+    return;
+  }
+  const data = cached.data;
+  const t1 = parseTime(data.to) ?? Date.now();
+  const t0 = parseTime(data.from) ?? t1 - ui.chartHours * 3600000;
+  const boxes = [];
+  // A metric the zone has neither sensors nor thresholds for is left out, not drawn empty.
+  const shown = Object.entries(data.metrics || {}).filter(([, m]) => (m.buckets && m.buckets.length)
+    || Object.keys(m.thresholds || {}).length);
+  if (!shown.length) {
+    box.replaceChildren(el('div', { class: 'muted chart-hint' }, t('noSensors')));
+    return;
+  }
+  const n = shown.length;
+  const width = Math.max(Math.floor((box.clientWidth - 20 - 12 * (n - 1)) / n), 160);
+  const height = Math.max(box.clientHeight - 24, 80);
+  for (const [key, m] of shown) {
+    const cell = el('figure', { class: `chart-box metric-${key}` });
+    const buckets = Array.isArray(m.buckets) ? m.buckets : [];
+    const last = buckets[buckets.length - 1];
+    const cap = el('figcaption');
+    cap.appendChild(el('span', { class: 'chart-title' }, `${tOr(`metrics.${key}`, key)} (${m.unit})`));
+    if (last) cap.appendChild(el('span', { class: 'chart-last' }, t('latest', { avg: formatNumber(last.avg), max: formatNumber(last.max) })));
+    cell.appendChild(cap);
+    // A bucket is drawn at its middle; the current one, still filling, at the present.
+    const at = (b) => Math.min(parseTime(b.t) + (data.bucket_s || 300) * 500, t1);
+    const points = buckets.map((b) => ({ t: at(b), v: b.avg }));
+    const band = buckets.map((b) => ({ t: at(b), v: b.max }));
+    cell.appendChild(lineChart({
+      width, height, series: [{ name: tOr(`metrics.${key}`, key), points, band }],
+      thresholds: m.thresholds || {}, unit: m.unit, xDomain: [t0, t1],
+      label: `${tOr(`metrics.${key}`, key)} — ${zoneName(zone)}`,
+    }));
+    boxes.push(cell);
+  }
+  box.replaceChildren(...boxes);
+}
+
+async function loadFunnel() {
+  ui.funnel = await fetchJSON('/api/funnel');
+  renderFunnel();
+}
+
+function renderFunnel() {
+  const f = ui.funnel;
+  const box = $('funnel');
+  if (!f) {
+    box.replaceChildren();
+    return;
+  }
+  const stages = ['messages', 'alerts', 'incidents', 'work_orders'].map((key) => ({
+    key, label: t(`funnelStages.${key}`), count: Number(f[key]) || 0,
+  }));
+  const per = el('div', { class: 'funnel-per' });
+  per.appendChild(el('span', { class: 'funnel-per-n mono' }, formatNumber(Number(f.orders_per_operator) || 0)));
+  per.appendChild(el('span', {}, t('perOperator', { ops: f.operators })));
+  const more = el('dl', { class: 'funnel-more' });
+  for (const key of ['telemetry', 'events', 'rejected', 'duplicates_merged']) {
+    if (typeof f[key] !== 'number') continue;
+    more.appendChild(el('dt', {}, t(`funnelMore.${key}`)));
+    more.appendChild(el('dd', { class: 'mono' }, formatNumber(f[key])));
+  }
+  box.replaceChildren(funnelChart(stages), per, more);
+  $('funnel-note').textContent = t('funnelNote', { tz: f.tz || '' });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keyboard
+// ---------------------------------------------------------------------------------------------
+const KEYS = [
+  ['J / N', 'next'], ['K / P', 'prev'], ['A', 'ack'], ['Shift + R', 'resolve'], ['W', 'order'],
+  ['M', 'zoom'], ['L', 'lang'], ['?', 'help'], ['Esc', 'esc'],
+];
+
+function renderHelp() {
+  const dl = $('help-keys');
+  dl.replaceChildren();
+  for (const [key, what] of KEYS) {
+    const dt = el('dt');
+    for (const part of key.split(' ')) {
+      if (part === '/' || part === '+') dt.appendChild(document.createTextNode(` ${part} `));
+      else dt.appendChild(el('kbd', {}, part));
+    }
+    dl.appendChild(dt);
+    dl.appendChild(el('dd', {}, t(`keys.${what}`)));
+  }
+}
+
+function toggleHelp() {
+  const help = $('help-dialog');
+  if (help.open) help.close();
+  else {
+    renderHelp();
+    help.showModal();
+  }
+}
+
+document.addEventListener('keydown', (evt) => {
+  if (evt.ctrlKey || evt.metaKey || evt.altKey) return;
+  const target = evt.target;
+  const typing = target && (target.isContentEditable || ['INPUT', 'SELECT', 'TEXTAREA'].includes(target.tagName));
+  if (typing) return;
+  const anyDialog = dialog.open || $('help-dialog').open;
+  if (evt.key === '?') {
+    evt.preventDefault();
+    if (!dialog.open) toggleHelp();
+    return;
+  }
+  if (evt.key === 'Escape') {
+    if (!anyDialog && isPinned()) unpin();
+    return;
+  }
+  if (anyDialog) return;
+  const selected = state.selectedAlert;
+  switch (evt.key) {
+    case 'j': case 'n': case 'J': case 'N':
+      moveSelection(1);
+      break;
+    case 'k': case 'p': case 'K': case 'P':
+      moveSelection(-1);
+      break;
+    case 'a': case 'A':
+      if (!selected) moveSelection(1);
+      if (state.selectedAlert) actOnAlert(state.selectedAlert, 'acknowledge');
+      break;
+    case 'R': // Shift: resolving is not undone, so it is not one stray key away
+      if (selected) actOnAlert(selected, 'resolve');
+      break;
+    case 'w': case 'W': {
+      const a = selected ? state.alerts.get(selected) : null;
+      if (a && a.work_order_id) openWorkOrder(String(a.work_order_id));
+      break;
+    }
+    case 'm': case 'M': {
+      const a = selected ? state.alerts.get(selected) : null;
+      if (a) {
+        pin({ kind: 'zone', id: String(a.zone_id) });
+        revealZone(String(a.zone_id));
+      }
+      break;
+    }
+    case 'l': case 'L':
+      switchLanguage();
+      break;
+    default:
+      return;
+  }
+  evt.preventDefault();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Language
+// ---------------------------------------------------------------------------------------------
+function applyLabels() {
+  const lang = getLang();
+  document.documentElement.lang = lang === 'zh' ? 'zh-CN' : 'en';
+  document.title = t('title');
+  for (const node of document.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
+  const btn = $('lang-btn');
+  btn.textContent = t('language');
+  btn.title = t('languageTitle');
+  const help = $('help-btn');
+  help.title = t('helpButton');
+  help.setAttribute('aria-label', t('helpButton'));
+  for (const id of ['wo-d-close', 'help-close']) {
+    $(id).setAttribute('aria-label', t('close'));
+    $(id).title = t('close');
+  }
+  const hours = $('chart-hours');
+  hours.replaceChildren(...CHART_HOURS.map((h) => el('option', { value: h }, t('lastHours', { n: h }))));
+  hours.value = String(ui.chartHours);
+  buildLegend();
+  buildMapTools();
+  renderHelp();
+}
+
+function switchLanguage() {
+  const langs = LANGS;
+  setLang(langs[(langs.indexOf(getLang()) + 1) % langs.length]);
+  applyLabels();
+  ui.alertEls.forEach((li) => li.remove());
+  ui.alertEls.clear();
+  renderAll();
   renderHealth();
   renderConn();
-  refreshPinned();
-}
-
-let cycle = null;
-let again = false;
-
-/** Run a refresh now; if one is running, run another right after it. */
-function requestRefresh() {
-  if (cycle) {
-    again = true;
-    return cycle;
-  }
-  cycle = fastCycle().finally(() => {
-    cycle = null;
-    if (again) {
-      again = false;
-      requestRefresh();
-    }
-  });
-  return cycle;
-}
-
-async function pollFast() {
-  await requestRefresh();
-  setTimeout(pollFast, POLL_MS);
-}
-
-async function pollDevices() {
-  try {
-    await loadDevices();
-    drawDevices();
-    refreshPinned();
-  } catch (err) {
-    if (err instanceof NetError) {
-      state.connected = false;
-      renderConn();
-    } else if (!(err instanceof ApiError)) console.error(err);
-  }
-  setTimeout(pollDevices, DEVICE_POLL_MS);
+  renderCharts();
+  renderFunnel();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Start
 // ---------------------------------------------------------------------------------------------
-function buildMapTools() {
-  const tools = $('map-tools');
-  const button = (text, title, fn) => {
-    const b = el('button', { type: 'button', class: 'btn map-btn', title, 'aria-label': title }, text);
-    b.addEventListener('click', fn);
-    return b;
-  };
-  tools.replaceChildren(
-    button('+', t('zoomIn'), () => zoomCentre(1.6)),
-    button('−', t('zoomOut'), () => zoomCentre(1 / 1.6)),
-    button('⤢', t('zoomReset'), resetView),
-  );
-}
-
 function start() {
-  document.documentElement.lang = LANG;
-  document.title = t('title');
-  for (const node of document.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
-  buildLegend();
-  buildMapTools();
-  buildWorkOrderHead();
+  applyLabels();
+  try {
+    $('wo-actor').value = window.localStorage.getItem('citywatch.actor') || 'operator';
+  } catch {
+    $('wo-actor').value = 'operator';
+  }
+  $('lang-btn').addEventListener('click', switchLanguage);
+  $('help-btn').addEventListener('click', toggleHelp);
+  $('help-close').addEventListener('click', () => $('help-dialog').close());
+  $('wo-dept').addEventListener('change', (e) => {
+    state.department = e.target.value;
+    renderBoard();
+  });
+  $('wo-closed').addEventListener('change', (e) => {
+    state.showClosed = e.target.checked;
+    renderBoard();
+  });
+  $('chart-hours').addEventListener('change', (e) => {
+    ui.chartHours = Number(e.target.value) || 6;
+    ui.series.clear();
+    loadSeries(true);
+  });
+  onZonePicked((id) => {
+    state.chartZone = id;
+    state.chartZonePicked = true;
+    loadSeries(true);
+  });
+  let resizeTimer = null;
+  window.addEventListener('resize', () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      renderCharts();
+      renderAlerts();
+    }, 150);
+  });
   renderConn();
   tickClock();
   setInterval(tickClock, 1000);
-  pollFast();
-  pollDevices();
+  setInterval(() => renderAlerts(), 10000); // ages and overdue marks move on with the clock
+  setInterval(() => renderBoard(), 10000);
+
+  const live = new Live('/api/stream', {
+    alert: (row) => {
+      putAlert(row);
+      ui.lastOk = Date.now();
+      if (row && String(row.zone_id) === state.chartZone) setTimeout(() => loadSeries(), 1500);
+      scheduleRender();
+    },
+    workOrder: (row) => {
+      putWorkOrder(row);
+      ui.lastOk = Date.now();
+      scheduleRender();
+    },
+    resync,
+    status: (mode) => {
+      ui.mode = mode;
+      renderConn();
+    },
+  });
+  live.start();
+  every(ZONES_MS, async () => {
+    if (state.zones.size) await loadZones();
+  });
+  every(RESYNC_MS, async () => {
+    if (ui.mode === 'live') await resync();
+  });
+  every(HEALTH_MS, async () => {
+    state.health = await fetchJSON('/api/health');
+    renderHealth();
+  });
+  every(DEVICES_MS, async () => {
+    const fc = await fetchJSON('/api/devices');
+    state.devices = fc && Array.isArray(fc.features) ? fc.features : [];
+    drawDevices();
+    refreshPinned();
+  });
+  every(SERIES_MS, () => loadSeries());
+  every(FUNNEL_MS, loadFunnel);
 }
 
 start();
