@@ -2,7 +2,14 @@
 
 Used by ``citywatch simulate`` and ``citywatch run``; talks to citywatch only through the broker.
 
-- ``devices/``: one module per kind; pure value evolution, returning contract payloads.
-- ``scenario.py``: scenarios as data (storms, congestion, throwers), bound to a fleet and a seed.
-- ``runner.py``: :class:`~simulators.runner.Simulation`, step-wise generation and the MQTT side.
+- ``physics/``: the models, pure: Suzhou design storms (Chicago hyetograph, moving cell), runoff
+  into low points, urban traffic (daily profile, BPR, incident queues), free fall.
+- ``devices/``: one module per kind, what a sensor adds to the physics (noise, resolution, its
+  payloads); plug-in kinds come in through ``sensing.plugins``.
+- ``faults.py``: stuck, spiking, drifting, silent, dead and dropped-off sensors.
+- ``scenario.py`` and ``scenarios/*.yaml``: what happens, when and where; the bound world.
+- ``teams.py``: the teams' terminals answering dispatched warnings.
+- ``groundtruth.py``: what really happened (``truth.py`` is the file format).
+- ``runner.py``: :class:`~simulators.runner.Simulation`, offline generation and real-time runs;
+  ``links.py`` and ``wire.py``: the connections to the broker.
 """

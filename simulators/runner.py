@@ -1,58 +1,70 @@
 """The simulated fleet: step-wise message generation, and publishing it over MQTT in real time.
 
 :meth:`Simulation.messages_until` is pure (no broker, no clock): it steps every device up to a
-simulated time and yields contract messages in timestamp order. :meth:`Simulation.run` paces that
-stream in real time scaled by ``speed`` and publishes it through ONE paho client for the whole
-fleet (MQTT 5, QoS 1): one connection per device would not scale to 10,000 devices.
-
-Presence: at start each device's retained ``status`` is set ``online``, and on a clean stop
-``offline``. A connection has only one Last Will, so with the shared connection a crash leaves the
-devices ``online`` until the platform's silence timeout marks them offline; per-device Last Wills
-come with the plug-in issue (devices that connect on their own).
+simulated time and yields contract messages in timestamp order, stamped with simulated time;
+:meth:`Simulation.ground_truth` says what really happened meanwhile. :meth:`Simulation.run`
+paces the same stream in real time scaled by ``speed`` and publishes it (see
+:mod:`simulators.links` for the connections: one per device up to :data:`PER_DEVICE_MAX`
+devices, shared beyond), answers dispatched warnings as the teams (:mod:`simulators.teams`) and
+writes the ground truth as it goes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import logging
+import os
+import queue
 import random
-import socket
-import ssl
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
-from shapely.geometry import Point
 
 from citywatch.config import Device
-from simulators.devices import FACTORIES, DeviceSim, Payload, Site
+from simulators.devices import DeviceSim, Payload, Site, factories
 from simulators.devices.base import offset_m, rfc3339
 from simulators.errors import SimulatorError
-from simulators.scenario import Scenario, ScenarioState, get_scenario
+from simulators.faults import FaultyDevice
+from simulators.groundtruth import TruthRecorder
+from simulators.links import (
+    DeviceLinks,
+    Links,
+    SharedLinks,
+    paho_client,
+    parse_url,
+    status_topic,
+)
+from simulators.scenario import Scenario, ScenarioState, load_scenario
+from simulators.teams import Responder
+from simulators.truth import GroundTruth
 
 if TYPE_CHECKING:
     from citywatch.config import Config
     from geo.zones import Zone
+    from sensing.plugins import Plugin
 
 log = logging.getLogger(__name__)
 
 QOS = 1
 PROGRESS_EVERY_S = 1.0
+TRUTH_EVERY_S = 10.0  # the truth file is rewritten this often, so a killed run still leaves one
 TICK_S = 0.05  # the publishing loop wakes this often (real seconds)
 DRAIN_TIMEOUT_S = 5.0  # on stop, how long to wait for the broker to acknowledge what is queued
 MIN_FLOOD_PRONE = 2  # water gauges treated as underpasses when zones do not say (see _sites)
+PER_DEVICE_MAX = 500  # beyond this many devices, connections are shared (see simulators.links)
+DISPATCH_FILTER = "city/dispatch/+"
+Connections = Literal["auto", "per-device", "shared"]
+_WATCHED_KINDS = frozenset({"water", "traffic"})  # whose true values ground truth follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +73,13 @@ class Progress:
 
     sim_time: datetime  # simulated time reached
     real_elapsed_s: float
-    sent: dict[str, int]  # telemetry and events handed to the MQTT client, per device kind
+    sent: dict[str, int]  # telemetry and events handed to the connections, per device kind
     pending: int  # published (status included) but not yet acknowledged, e.g. while disconnected
     connected: bool
+    dispatches: int = 0  # dispatched warnings received by the teams
+    acks: int = 0  # answers the teams sent
+    done: float | None = None  # share of the scenario's duration, when it has one
+    lag_s: float = 0.0  # how late (real seconds) the last message went out
 
     @property
     def sent_total(self) -> int:
@@ -71,22 +87,59 @@ class Progress:
 
     def describe(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.sent.items()))
-        return (f"sim {self.sim_time:%Y-%m-%d %H:%M:%S}Z | sent {self.sent_total} ({kinds}) | "
-                f"pending {self.pending} | broker {'up' if self.connected else 'DOWN'}")
+        done = "" if self.done is None else f" ({self.done:.0%})"
+        teams = (f" | dispatches {self.dispatches}, acks {self.acks}"
+                 if self.dispatches or self.acks else "")
+        return (f"sim {self.sim_time:%Y-%m-%d %H:%M:%S}Z{done} | sent {self.sent_total} "
+                f"({kinds}) | pending {self.pending} | broker "
+                f"{'up' if self.connected else 'DOWN'}{teams}")
 
 
-# Heap entries are plain tuples (fast to compare): by time, then by an index that keeps the
-# order deterministic.
-_Tick = tuple[datetime, int]  # (when, device index)
-_Pending = tuple[datetime, int, str, bytes, str]  # (ts, order, topic, payload, kind)
+# Heap entries are plain tuples of numbers first (fast to compare): seconds since the start, then
+# an order that keeps the sequence deterministic.
+_Pending = tuple[float, int, int, str, Payload]  # (ts, order, device index, channel, payload)
 
 
-def status_topic(kind: str, device_id: str) -> str:
-    return f"city/{kind}/{device_id}/status"
+# One encoder, built once: json.dumps would rebuild it for every message.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
+_US = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _encode(payload: Payload) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(payload).encode()
+
+
+class Clock:
+    """The timestamps a run puts on its messages: simulated time, or wall-clock time.
+
+    ``wall0`` given: simulated time ``sim0 + d`` is stamped ``wall0 + d / speed`` (wall mode).
+    :meth:`text` formats like :func:`~simulators.devices.base.rfc3339` at a fifth of the cost
+    (integer microseconds, the date and time of day cached per second): at ten thousand
+    messages a second, formatting was a tenth of the simulator's time.
+    """
+
+    def __init__(self, sim0: datetime, wall0: datetime | None = None, speed: float = 1.0) -> None:
+        self.sim0 = sim0
+        self.wall0 = wall0
+        self.speed = speed
+        self._base_us = ((sim0 if wall0 is None else wall0) - _EPOCH) // _US
+        self._seconds: dict[int, str] = {}
+
+    def stamp(self, ts: datetime) -> datetime:
+        return ts if self.wall0 is None else self.wall0 + (ts - self.sim0) / self.speed
+
+    def text(self, ts: datetime) -> str:
+        us = (ts - self.sim0) // _US
+        if self.wall0 is not None:
+            us = int(us / self.speed)
+        sec, rem = divmod(self._base_us + us, 1_000_000)
+        prefix = self._seconds.get(sec)
+        if prefix is None:
+            if len(self._seconds) > 10_000:
+                self._seconds.clear()
+            prefix = self._seconds[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{prefix}.{rem // 1000:03d}Z"
 
 
 def load_zones(path: Path) -> list[Zone]:
@@ -109,10 +162,22 @@ def load_zones(path: Path) -> list[Zone]:
 
 
 def _sites(devices: Sequence[Device], zones: Sequence[Zone]) -> dict[str, Site]:
-    sites = {}
-    for d in devices:
-        inside = [z for z in zones if z.geometry.covers(Point(d.position))]
-        sites[d.id] = Site(tuple(z.id for z in inside), frozenset(z.type for z in inside))
+    import numpy as np
+    import shapely
+
+    sites = {d.id: Site() for d in devices}
+    if zones and devices:
+        # One bulk query: ten thousand devices against the zones in well under a second.
+        tree = shapely.STRtree([z.geometry for z in zones])
+        points = shapely.points(np.array([d.position for d in devices], dtype=float))
+        dev_idx, zone_idx = tree.query(points, predicate="covered_by")
+        found: dict[int, list[int]] = {}
+        for di, zi in zip(dev_idx.tolist(), zone_idx.tolist(), strict=True):
+            found.setdefault(di, []).append(zi)
+        for di, zis in found.items():
+            inside = [zones[z] for z in sorted(zis)]
+            sites[devices[di].id] = Site(tuple(z.id for z in inside),
+                                         frozenset(z.type for z in inside))
     # Without zones (or with too few gauges in underpasses) nothing would flood; the case-study
     # fleet has its gauges in underpasses, so treat the first gauges by id as underpasses.
     gauges = sorted(d.id for d in devices if d.kind == "water")
@@ -155,53 +220,87 @@ def scale_fleet(devices: Sequence[Device], n: int, seed: int) -> list[Device]:
     return out
 
 
+def default_truth_path(scenario: str, seed: int, base: Path = Path("var")) -> Path:
+    return base / "truth" / f"{scenario}-{seed}.json"
+
+
 class Simulation:
     """The configured fleet living through a scenario, from ``start`` in simulated time.
 
-    ``speed`` is simulated seconds per real second, used only by :meth:`run` (None: the
-    scenario's ``default_speed``). ``zones`` replaces the configured zones file; ``devices``
-    scales the configured fleet to that many devices (see :func:`scale_fleet`).
+    ``seed`` and ``speed`` (simulated seconds per real second, used by :meth:`run`) default to
+    the scenario's. ``zones`` replaces the configured zones file; ``devices`` scales the fleet
+    to that many devices (see :func:`scale_fleet`); ``plugins`` replaces the plug-ins the config
+    names and the installed entry points provide.
     """
 
-    def __init__(self, config: Config, scenario: str | Scenario, seed: int, speed: float | None,
-                 start: datetime, *, zones: Sequence[Zone] | None = None,
-                 devices: int | None = None) -> None:
-        if start.tzinfo is None:
+    def __init__(self, config: Config, scenario: str | Scenario, seed: int | None = None,
+                 speed: float | None = None, start: datetime | None = None, *,
+                 zones: Sequence[Zone] | None = None, devices: int | None = None,
+                 plugins: Mapping[str, Plugin] | None = None) -> None:
+        if start is None or start.tzinfo is None:
             raise SimulatorError("start: expected a timezone-aware datetime")
         self.config = config
-        self.scenario = get_scenario(scenario) if isinstance(scenario, str) else scenario
-        self.speed = self.scenario.default_speed if speed is None else speed
-        if self.speed <= 0:
-            raise SimulatorError(f"speed {speed}: expected more than 0")
-        self.seed = seed
+        self.scenario = load_scenario(scenario) if isinstance(scenario, str) else scenario
+        self.speed = self.scenario.speed if speed is None else speed
+        if not 0 < self.speed <= 3600:
+            raise SimulatorError(f"speed {speed}: expected more than 0, at most 3600")
+        self.seed = self.scenario.seed if seed is None else seed
         self.start = start.astimezone(UTC)
         self.interval_s = config.simulator.telemetry_interval_s
-        fleet = list(config.devices) if devices is None else scale_fleet(config.devices, devices,
-                                                                        seed)
+        if plugins is None:
+            from sensing.plugins import load_plugins
+
+            plugins = load_plugins(config)
+        makers = factories(plugins)
+        fleet = (list(config.devices) if devices is None
+                 else scale_fleet(config.devices, devices, self.seed))
         known = []
         for d in fleet:
-            if d.kind in FACTORIES:
+            if d.kind in makers:
                 known.append(d)
             else:
                 log.warning("device %s: kind %r has no simulator; skipped", d.id, d.kind)
         self.zones = list(load_zones(config.zones_path) if zones is None else zones)
-        self.state = ScenarioState.build(self.scenario, self.start, seed, known, self.zones)
-        sites = _sites(known, self.zones)
+        self.sites = _sites(known, self.zones)
+        self.state = ScenarioState.build(self.scenario, self.start, self.seed, known, self.zones,
+                                         self.sites)
+        self.truth = TruthRecorder(config, self.zones, self.sites)
+        faults: dict[str, list[Any]] = {}
+        for f in self.state.faults:
+            faults.setdefault(f.device_id, []).append(f)
         self.devices: list[DeviceSim] = []
-        self._ticks: list[_Tick] = []
+        self.faulty: list[FaultyDevice] = []
+        first_s: list[float] = []
         self._last: list[datetime] = []
-        for i, d in enumerate(known):
+        for d in known:
             # Per device, so adding a device leaves the others' values alone.
-            rng = random.Random(f"{seed}:{d.id}")  # noqa: S311 - simulation, not security
-            self.devices.append(FACTORIES[d.kind](d, sites[d.id], rng))
+            rng = random.Random(f"{self.seed}:{d.id}")  # noqa: S311 - simulation, not security
+            dev = makers[d.kind](d, self.sites[d.id], rng)
+            if d.id in faults:
+                dev = FaultyDevice(dev, faults[d.id])
+                self.faulty.append(dev)
+            self.devices.append(dev)
             # Spread first reports over one interval so the fleet does not publish in bursts.
-            first = self.start + timedelta(seconds=rng.uniform(0, self.interval_s))
-            self._ticks.append((first, i))
+            first_s.append(min(rng.uniform(0, self.interval_s), self.interval_s * 0.999999))
             self._last.append(self.start)
-        heapq.heapify(self._ticks)
-        self._out: list[_Pending] = []
+        # Every device reports once per interval, so the order of ticks is the same in every
+        # round: sorted by first tick once, it needs no heap (that was a third of the run time).
+        self._round_order = sorted(range(len(first_s)), key=lambda i: (first_s[i], i))
+        self._next_at = [self.start + timedelta(seconds=s) for s in first_s]
+        self._pos = 0
+        self._watched = [d.kind in _WATCHED_KINDS for d in self.devices]
+        self._topics = [(f"city/{d.kind}/{d.id}/telemetry", f"city/{d.kind}/{d.id}/event")
+                        for d in self.devices]
+        self._out: list[_Pending] = []  # a heap
+        self._in_order: deque[_Pending] = deque()
         self._order = 0
         self.sim_time = self.start
+        self._clock = Clock(self.start)
+
+    @property
+    def end(self) -> datetime | None:
+        """When the scenario's timeline ends (None: it runs on)."""
+        return self.state.end
 
     def status_messages(self, state: str) -> list[tuple[str, bytes]]:
         """Retained presence for every simulated device (CONTRACT section 1, status)."""
@@ -209,180 +308,250 @@ class Simulation:
         return [(status_topic(d.kind, d.id), body) for d in self.devices]
 
     def messages_until(self, t: datetime) -> Iterator[tuple[str, bytes]]:
-        """Telemetry and events with timestamps up to ``t``, in timestamp order, each once."""
-        for _, _, topic, payload, _ in self._until(t):
-            yield topic, payload
+        """Messages with timestamps up to ``t``, in timestamp order, each once, stamped with
+        simulated time. A device that drops off or comes back appears as its ``status``."""
+        for _, _, topic, body in self._until(t):
+            yield topic, body
 
-    def _until(self, t: datetime,
-               stamp: Callable[[datetime], datetime] | None = None) -> Iterator[_Pending]:
+    def ground_truth(self, stamp: Callable[[datetime], datetime] | None = None,
+                     meta: Mapping[str, Any] | None = None) -> GroundTruth:
+        """What really happened up to the simulated time reached (see simulators.groundtruth)."""
+        rules = self.config.rules
+        info = {"timestamps": "simulated" if stamp is None else "wall", "speed": self.speed,
+                "sim_start": rfc3339(self.start), "sim_end": rfc3339(self.sim_time),
+                "devices": len(self.devices), "zones": len(self.zones),
+                "thresholds": {
+                    "waterlogging_yellow_cm": {k: t.yellow_cm for k, t in
+                                               rules.waterlogging.thresholds.items()},
+                    "traffic_yellow_kmh": rules.traffic.yellow_kmh,
+                    "traffic_orange_kmh": rules.traffic.orange_kmh,
+                    "falling_object_red_confidence": rules.falling_object.red_confidence},
+                **(meta or {})}
+        return self.truth.result(self.state, self.sim_time, self.faulty, stamp, info)
+
+    def _until(self, t: datetime, clock: Clock | None = None
+               ) -> Iterator[tuple[int, str, str, bytes]]:
+        """(device index, channel, topic, body) of everything stamped up to ``t``."""
         # A device reports what happened since its previous tick, stamped when it happened, so
         # step one interval ahead: then nothing stamped before t can still be missing.
-        horizon = t + timedelta(seconds=self.interval_s)
+        start = self.start
+        horizon_s = (t - start).total_seconds() + self.interval_s
         interval = timedelta(seconds=self.interval_s)
-        while self._ticks and self._ticks[0][0] <= horizon:
-            at, i = heapq.heappop(self._ticks)
-            dev = self.devices[i]
-            dt = (at - self._last[i]).total_seconds()
-            for channel, payload in dev.step(at, dt, self.state):
-                ts = datetime.fromisoformat(payload["ts"])
-                if stamp is not None:
-                    payload["ts"] = rfc3339(stamp(ts))
+        order, next_at, out, devices, last = (self._round_order, self._next_at, self._out,
+                                               self.devices, self._last)
+        in_order = self._in_order
+        observe, watched, state = self.truth.observe, self._watched, self.state
+        text = (clock or self._clock).text
+        n = len(order)
+        while n:
+            i = order[self._pos]
+            at = next_at[i]
+            s = (at - start).total_seconds()
+            if s > horizon_s:
+                break
+            dev = devices[i]
+            for channel, payload in dev.step(at, (at - last[i]).total_seconds(), state):
+                ts = payload["ts"]
+                if ts is not at:
+                    if isinstance(ts, str):  # a plug-in may stamp its own
+                        ts = payload["ts"] = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+                    key = (ts - start).total_seconds()
+                else:
+                    key = s
                 self._order += 1
-                heapq.heappush(self._out, (ts, self._order, f"city/{dev.kind}/{dev.id}/{channel}",
-                                           _encode(payload), dev.kind))
-            self._last[i] = at
-            heapq.heappush(self._ticks, (at + interval, i))
+                item = (key, self._order, i, channel, payload)
+                # Most messages come in time order (telemetry at its tick): a queue takes them;
+                # only the few stamped earlier (events in the past interval) need the heap.
+                if not in_order or key >= in_order[-1][0]:
+                    in_order.append(item)
+                else:
+                    heapq.heappush(out, item)
+            if watched[i]:
+                observe(dev.kind, dev.id, at, dev.true_values)
+            last[i] = at
+            next_at[i] = at + interval
+            self._pos = (self._pos + 1) % n
         self.sim_time = max(self.sim_time, t)
-        while self._out and self._out[0][0] <= t:
-            yield heapq.heappop(self._out)
+        until_s = (t - start).total_seconds()
+        while True:
+            if out and (not in_order or out[0] < in_order[0]):
+                if out[0][0] > until_s:
+                    break
+                _, _, i, channel, payload = heapq.heappop(out)
+            elif in_order and in_order[0][0] <= until_s:
+                _, _, i, channel, payload = in_order.popleft()
+            else:
+                break
+            dev = devices[i]
+            ts = payload["ts"]
+            if channel == "status":
+                yield i, channel, status_topic(dev.kind, dev.id), _encode(
+                    {"state": payload["state"]})
+                continue
+            payload["ts"] = text(ts)
+            topic = self._topics[i][0 if channel == "telemetry" else 1]
+            yield i, channel, topic, _encode(payload)
 
     def run(self, broker_url: str, stop: threading.Event, duration_s: float | None = None,
             on_progress: Callable[[Progress], None] | None = None, *,
-            timestamps: Literal["wall", "simulated"] = "wall") -> Progress:
-        """Publish the fleet in real time until ``stop`` is set or ``duration_s`` real seconds pass.
-
-        The broker may be down at start or drop later: paho reconnects with backoff and keeps
-        QoS 1 messages queued meanwhile, so nothing is lost and every device's seq stays in order.
+            timestamps: Literal["wall", "simulated"] = "wall",
+            connections: Connections = "auto", truth_path: Path | None = None,
+            respond: bool = True, until_end: bool = False) -> Progress:
+        """Publish the fleet in real time until ``stop`` is set, ``duration_s`` real seconds pass
+        or (with ``until_end``) the scenario's timeline ends.
 
         ``timestamps="wall"`` (default) stamps each message with the wall-clock time it is due,
-        i.e. simulated time compressed by ``speed``: at any speed above 1 simulated time runs ahead
-        of the clock, and the platform rejects readings from the future. ``"simulated"`` stamps
-        simulated time, for replays from a past ``start`` that stay behind the clock.
-        """
-        client = _client(broker_url, self.seed)
-        counters = _Counters()
-        client.on_connect = counters.on_connect
-        client.on_disconnect = counters.on_disconnect
-        client.on_publish = counters.on_publish
-        host, port = _host_port(broker_url)
-        client.connect_async(host, port, keepalive=30)
-        client.loop_start()
-        sent: Counter[str] = Counter()
-        published = 0
+        i.e. simulated time compressed by ``speed``: the platform rejects readings from the
+        future, and at any speed above 1 simulated time runs ahead of the clock. ``"simulated"``
+        stamps simulated time, for replays from a past ``start``. Ground truth (written to
+        ``truth_path`` every 10 s and at the end) uses the same timestamps.
 
-        def publish(topic: str, payload: bytes, *, retain: bool = False) -> None:
-            nonlocal published
-            # Never fails for want of a connection: paho queues QoS 1 messages until it has one.
-            client.publish(topic, payload, qos=QOS, retain=retain)
-            published += 1
+        ``respond``: the teams subscribe to ``city/dispatch/+`` and answer each warning.
+        """
+        parse_url(broker_url)  # a bad URL fails here, before anything starts
+        mode = connections
+        if mode == "auto":
+            mode = "per-device" if len(self.devices) <= PER_DEVICE_MAX else "shared"
+        tag = uuid.uuid4().hex[:6]
+        members = [(d.kind, d.id) for d in self.devices]
+        links: Links = (DeviceLinks(broker_url, members, tag) if mode == "per-device"
+                        else SharedLinks(broker_url, members, tag))
+        log.info("%d devices on %s connections", len(self.devices), mode)
+        teams = _Teams(broker_url, tag, self.seed, self._centre()) if respond else None
+        sim0 = self.sim_time
+        clock = Clock(sim0, datetime.now(UTC), self.speed) if timestamps == "wall" else None
+        stamp = clock.stamp if clock is not None else None
+        sent: Counter[str] = Counter()
+        real0 = time.monotonic()
+        lag = 0.0
 
         def progress() -> Progress:
+            end = self.end
+            done = None
+            if end is not None and end > self.start:
+                done = min(1.0, (self.sim_time - self.start) / (end - self.start))
             return Progress(sim_time=self.sim_time, real_elapsed_s=time.monotonic() - real0,
-                            sent=dict(sent), pending=published - counters.acked,
-                            connected=counters.connected)
+                            sent=dict(sent), pending=links.pending, connected=links.connected,
+                            dispatches=teams.responder.received if teams else 0,
+                            acks=teams.sent if teams else 0, done=done, lag_s=lag)
 
-        real0 = time.monotonic()
+        def write_truth() -> None:
+            if truth_path is not None:
+                truth = self.ground_truth(stamp, {"connections": mode})
+                _write_atomic(truth_path, truth.to_json())
+
+        links.start()
+        if teams is not None:
+            teams.start()
+        next_progress = next_truth = 0.0
         try:
-            for topic, body in self.status_messages("online"):
-                publish(topic, body, retain=True)
-            seen_connects = 1  # the first connection delivers what is queued above
-            sim0 = self.sim_time
-            wall0 = datetime.now(UTC)
-
-            def wall(ts: datetime) -> datetime:
-                return wall0 + (ts - sim0) / self.speed
-
-            stamp = wall if timestamps == "wall" else None
-            next_progress = 0.0
             while not stop.is_set():
                 elapsed = time.monotonic() - real0
                 if duration_s is not None and elapsed >= duration_s:
                     break
-                if counters.connects > seen_connects:
-                    # A broker restarted without persistence has forgotten retained presence.
-                    seen_connects = counters.connects
-                    for topic, body in self.status_messages("online"):
-                        publish(topic, body, retain=True)
-                for _, _, topic, payload, kind in self._until(
-                        sim0 + timedelta(seconds=elapsed * self.speed), stamp):
-                    publish(topic, payload)
-                    sent[kind] += 1
+                target = sim0 + timedelta(seconds=elapsed * self.speed)
+                finished = until_end and self.end is not None and target >= self.end
+                if finished and self.end is not None:
+                    target = self.end
+                if teams is not None:
+                    teams.receive(self.sim_time)
+                for i, channel, topic, body in self._until(target, clock):
+                    if channel == "status":
+                        links.set_reachable(i, body == b'{"state":"online"}')
+                        continue
+                    links.publish(i, topic, body)
+                    sent[self.devices[i].kind] += 1
+                if teams is not None:
+                    teams.answer(target, clock)
+                links.pump()
+                # Lateness: how long after its due time (at speed) this tick's work finished.
+                lag = max(0.0, time.monotonic() - real0 - elapsed)
                 if on_progress is not None and elapsed >= next_progress:
                     next_progress = elapsed + PROGRESS_EVERY_S
                     on_progress(progress())
+                if elapsed >= next_truth:
+                    next_truth = elapsed + TRUTH_EVERY_S
+                    write_truth()
+                if finished:
+                    break
                 stop.wait(TICK_S)
-            for topic, body in self.status_messages("offline"):
-                publish(topic, body, retain=True)
-            deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while counters.acked < published and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if counters.acked < published:
-                log.warning("stopping with %d messages the broker has not acknowledged",
-                            published - counters.acked)
+            links.drain(DRAIN_TIMEOUT_S)
             final = progress()
-            if on_progress is not None:
-                on_progress(final)
-            return final
         finally:
-            counters.closing = True
-            client.disconnect()
-            client.loop_stop()
+            links.disconnect()
+            if teams is not None:
+                teams.close()
+            write_truth()
+        if on_progress is not None:
+            on_progress(final)
+        return final
+
+    def _centre(self) -> tuple[float, float]:
+        pos = [d.position for d in self.config.devices] or [(0.0, 0.0)]
+        return (sum(p[0] for p in pos) / len(pos), sum(p[1] for p in pos) / len(pos))
 
 
-class _Counters:
-    """State paho's network thread updates; the callbacks only count (nothing slow there)."""
+class _Teams:
+    """The teams' terminals on one connection: dispatches in, acknowledgements out.
 
-    def __init__(self) -> None:
-        self.connects = 0
-        self.connected = False
-        self.acked = 0
-        self.closing = False  # we are disconnecting on purpose
+    The paho callback only queues what arrives (it runs on paho's thread); the runner's loop
+    hands it to the :class:`Responder` and publishes the answers when they are due.
+    """
 
-    def on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.ConnectFlags,
-                   reason_code: ReasonCode, _properties: Any) -> None:
-        if not reason_code.is_failure:
-            self.connects += 1
-            self.connected = True
-            log.info("connected to the broker")
-        else:
-            log.warning("broker refused the connection: %s", reason_code)
+    def __init__(self, url: str, tag: str, seed: int, base: tuple[float, float]) -> None:
+        self.url = url
+        self.responder = Responder(seed, base)
+        self.inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self.client = paho_client(url, f"citywatch-teams-{tag}")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.sent = 0
+        self._unacked: list[mqtt.MQTTMessageInfo] = []
 
-    def on_disconnect(self, _client: mqtt.Client, _userdata: Any,
-                      _flags: mqtt.DisconnectFlags, reason_code: ReasonCode,
-                      _properties: Any) -> None:
-        if self.closing:
-            log.info("disconnected from the broker")
-        elif self.connected:
-            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
-        self.connected = False
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
+                    _p: Any) -> None:
+        if not rc.is_failure:
+            client.subscribe(DISPATCH_FILTER, qos=QOS)  # again after every reconnect
 
-    def on_publish(self, _client: mqtt.Client, _userdata: Any, _mid: int,
-                   _reason_code: ReasonCode, _properties: Any) -> None:
-        self.acked += 1  # only this thread writes it; readers tolerate a stale value
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self.inbox.put((msg.topic, bytes(msg.payload)))  # unbounded: dispatches are few
+
+    def start(self) -> None:
+        host, port = parse_url(self.url)[:2]
+        self.client.connect_async(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def receive(self, now: datetime) -> None:
+        while True:
+            try:
+                topic, body = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self.responder.on_dispatch(topic, body, now)
+
+    def answer(self, until: datetime, clock: Clock | None) -> None:
+        for ack in self.responder.due(until):
+            payload = dict(ack.payload)
+            payload["ts"] = clock.text(ack.at) if clock is not None else rfc3339(ack.at)
+            self._unacked = [i for i in self._unacked if not i.is_published()]
+            self._unacked.append(self.client.publish(ack.topic, _encode(payload), qos=QOS))
+            self.sent += 1
+
+    def close(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        # A team's last answer must not be lost because the run ends right after it.
+        deadline = time.monotonic() + timeout
+        while any(not i.is_published() for i in self._unacked) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise SimulatorError(f"broker URL {url!r}: expected mqtt://[user:pass@]host[:port]")
-    try:
-        port = parts.port
-    except ValueError:
-        raise SimulatorError(f"broker URL {url!r}: the port is not a number") from None
-    return parts.hostname, port or (8883 if parts.scheme == "mqtts" else 1883)
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
-def _no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
-    # paho leaves Nagle on; with it, each QoS 1 publish waits on the peer's delayed ACK.
-    with contextlib.suppress(AttributeError, OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
-
-
-def _client(url: str, seed: int) -> mqtt.Client:
-    _host_port(url)  # validate before anything starts
-    parts = urlsplit(url)
-    # Unique per run: two simulators on one broker must not take over each other's connection.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                         client_id=f"citywatch-sim-{seed}-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    if parts.username:
-        client.username_pw_set(unquote(parts.username),
-                               unquote(parts.password) if parts.password else None)
-    if parts.scheme == "mqtts":
-        client.tls_set_context(ssl.create_default_context())
-    client.on_socket_open = _no_delay
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    client.max_queued_messages_set(0)  # unbounded: keep everything while the broker is away
-    # paho's default of 20 in flight stays: Mosquitto's default receive maximum is 20 too, and paho
-    # cannot follow the broker's value once connected.
-    return client
+__all__ = ["DRAIN_TIMEOUT_S", "PER_DEVICE_MAX", "Progress", "Simulation", "default_truth_path",
+           "load_zones", "scale_fleet", "status_topic"]

@@ -1,8 +1,11 @@
-"""High-altitude camera watching facades: falling-object detections.
+"""High-altitude camera watching building facades: falling-object detections.
 
-True detections come from the scenario's throws: the object leaves a window and falls freely, so it
-reaches the ground after sqrt(2h/g); its track is sampled as the camera would see it. Rare false
-detections (birds, leaves, rain streaks) come at low confidence.
+True detections come from the scenario's throws: the object leaves a window and falls freely
+(:mod:`simulators.physics.ballistics`), reaching the ground after sqrt(2h/g); the camera's
+tracker reports it every 0.2 s. Confidence falls with distance, at night, in heavy rain and for
+small objects; below 0.3 the tracker drops it (a missed fall). False detections (birds by day,
+leaves and paper, window reflections around midday, rain streaks in a storm) come at lower
+confidence and do not fall like a stone.
 """
 
 from __future__ import annotations
@@ -14,48 +17,44 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from shapely.geometry import Point
 
-from simulators.devices.base import BaseDevice, Output, Position, Site, offset_m, round_pos
+from sensing.decode import BUILTIN_KINDS, KindSpec
+from simulators.devices.base import (
+    BaseDevice,
+    Output,
+    Position,
+    distance_m,
+    offset_m,
+    round_pos,
+)
+from simulators.physics.ballistics import (
+    FRAME_S,
+    ballistic_track,
+    fall_time_s,
+    release_height_m,
+)
 
 if TYPE_CHECKING:
-    from citywatch.config import Device
     from geo.zones import Zone
-    from simulators.scenario import ScenarioState
+    from simulators.scenario import ScenarioState, Throw
 
-G = 9.81  # m/s^2
-FLOOR_HEIGHT_M = 3.0
-SILL_M = 1.5  # a hand at a window is this far above its floor
-FRAME_S = 0.2  # the tracker reports the object's position this often
-FALSE_PER_S = 1 / 7200  # one false detection per camera per two simulated hours
-FALSE_CONFIDENCE = (0.3, 0.55)
-
-TrackPoint = list[float]  # [lon, lat, height_m, seconds_since_first]
+DETECT_MIN = 0.3  # the tracker drops anything less certain
+# False detections per camera per second at full rate, and their confidence ranges.
+BIRD_PER_S = 1 / (3 * 3600)  # by day
+LEAF_PER_S = 1 / (8 * 3600)  # more in rain
+REFLECTION_PER_S = 1 / (4 * 3600)  # 10:00-15:00 without rain
+STREAK_PER_S_AT_50 = 1 / 1200  # rain streaks at 50 mm/h
 
 
-def fall_time_s(height_m: float) -> float:
-    return math.sqrt(2 * height_m / G)
+def is_night(local_hour: float) -> bool:
+    return local_hour < 6 or local_hour >= 19
 
 
-def release_height_m(floor: int) -> float:
-    return (floor - 1) * FLOOR_HEIGHT_M + SILL_M
-
-
-def ballistic_track(release: Position, impact: Position, height_m: float) -> list[TrackPoint]:
-    """Free fall from ``release`` at ``height_m`` to ``impact`` on the ground.
-
-    Horizontal speed is constant (air drag ignored at these heights), so position moves linearly
-    while height falls as g t^2 / 2; the last point is on the ground at exactly sqrt(2h/g).
-    """
-    total = fall_time_s(height_m)
-    times = [i * FRAME_S for i in range(math.ceil(total / FRAME_S))] + [total]
-    track = []
-    for s in times:
-        f = s / total if total > 0 else 1.0
-        lon = release[0] + (impact[0] - release[0]) * f
-        lat = release[1] + (impact[1] - release[1]) * f
-        h = max(0.0, height_m - G * s * s / 2)
-        track.append([round(lon, 7), round(lat, 7), round(h, 2), round(s, 3)])
-    track[-1][2] = 0.0
-    return track
+def detection_confidence(distance: float, *, night: bool, rain_mm_h: float, large: bool,
+                         rng: random.Random) -> float:
+    """How sure the camera's detector is of a real falling object (before the 0.3 cut)."""
+    c = (0.96 - 0.12 * max(0.0, (distance - 150) / 250) - (0.08 if night else 0.0)
+         - 0.08 * min(1.0, rain_mm_h / 100) - (0.0 if large else 0.04) + rng.gauss(0, 0.02))
+    return min(0.99, max(0.05, c))
 
 
 def point_in_zone(zone: Zone, rng: random.Random) -> Position:
@@ -65,59 +64,90 @@ def point_in_zone(zone: Zone, rng: random.Random) -> Position:
         p = (rng.uniform(minx, maxx), rng.uniform(miny, maxy))
         if zone.geometry.contains(Point(p)):
             return p
-    # A sliver the sampler keeps missing: any point surely inside will do.
-    rp = zone.geometry.representative_point()
+    rp = zone.geometry.representative_point()  # a sliver the sampler keeps missing
     return (rp.x, rp.y)
+
+
+def detection_distance_m(camera: Position, zone: Zone | None, rng: random.Random) -> float:
+    """Camera to the fall: to the fall zone when known, else a typical 60-150 m."""
+    if zone is None:
+        return rng.uniform(60, 150)
+    c = zone.geometry.centroid
+    return distance_m(camera, (c.x, c.y))
 
 
 class Camera(BaseDevice):
     kind: ClassVar[str] = "camera"
+    spec: ClassVar[KindSpec] = BUILTIN_KINDS["camera"]
     drain_v_per_h: ClassVar[float] = 0.001  # mains powered; only the backup cell ages
 
-    def step(self, t: datetime, dt_s: float, scenario: ScenarioState) -> list[Output]:
+    def step(self, t: datetime, dt_s: float, world: ScenarioState) -> list[Output]:
         after = t - timedelta(seconds=dt_s)
-        found: list[tuple[datetime, str, dict[str, Any]]] = []
-        for throw in scenario.throws(self.id, after, t):
-            impact = (point_in_zone(throw.zone, self.rng) if throw.zone is not None
-                      else self._near(60, 150))
-            h = release_height_m(throw.floor)
-            # The object leaves the facade with a small push, landing a few metres out.
-            drift = self.rng.uniform(0.5, 2.5) * fall_time_s(h)
-            bearing = self.rng.uniform(0, 2 * math.pi)
-            release = offset_m(impact, -drift * math.sin(bearing), -drift * math.cos(bearing))
-            found.append((throw.at, "falling_object", {
-                "confidence": round(throw.confidence, 3),
-                "building_id": throw.building_id,
-                "floor": throw.floor,
-                "impact": round_pos(impact),
-                "track": ballistic_track(release, impact, h),
-            }))
-        if self.rng.random() < FALSE_PER_S * dt_s:
-            found.append(self._false_detection(after, dt_s))
+        found: list[tuple[datetime, dict[str, Any]]] = []
+        for throw in world.throws(self.id, after, t):
+            if throw.confidence >= DETECT_MIN:
+                found.append((throw.at, self._fall(throw)))
+        found.extend(self._false_detections(after, t, dt_s, world))
         self._drain(dt_s)
-        out = [self.event(at, type_, fields) for at, type_, fields in sorted(
-            found, key=lambda f: f[0])]
+        out = [self.event(at, "falling_object", fields)
+               for at, fields in sorted(found, key=lambda f: f[0])]
         out.append(self.telemetry(t, {}))
         return out
+
+    def _fall(self, throw: Throw) -> dict[str, Any]:
+        impact = (point_in_zone(throw.zone, self.rng) if throw.zone is not None
+                  else self._near(60, 150))
+        h = release_height_m(throw.floor)
+        # Thrown or pushed: it leaves the facade at 0.5-2.5 m/s and lands that far out.
+        drift = self.rng.uniform(0.5, 2.5) * fall_time_s(h)
+        bearing = self.rng.uniform(0, 2 * math.pi)
+        release = offset_m(impact, -drift * math.sin(bearing), -drift * math.cos(bearing))
+        return {"confidence": round(throw.confidence, 3), "building_id": throw.building_id,
+                "floor": throw.floor, "impact": round_pos(impact),
+                "track": ballistic_track(release, impact, h)}
 
     def _near(self, min_m: float, max_m: float) -> Position:
         r = self.rng.uniform(min_m, max_m)
         a = self.rng.uniform(0, 2 * math.pi)
         return offset_m(self.position, r * math.sin(a), r * math.cos(a))
 
-    def _false_detection(self, after: datetime,
-                         dt_s: float) -> tuple[datetime, str, dict[str, Any]]:
-        at = after + timedelta(seconds=self.rng.uniform(0, dt_s))
-        impact = self._near(40, 200)
-        # A bird or a leaf: a short track that does not fall like a stone.
-        start = offset_m(impact, self.rng.uniform(-5, 5), self.rng.uniform(-5, 5))
-        h = self.rng.uniform(4, 15)
-        secs = self.rng.uniform(1.5, 4.0)
-        track = [[round(start[0], 7), round(start[1], 7), round(h, 2), 0.0],
-                 [round(impact[0], 7), round(impact[1], 7), 0.0, round(secs, 3)]]
-        return (at, "falling_object", {"confidence": round(self.rng.uniform(*FALSE_CONFIDENCE), 3),
-                                       "impact": round_pos(impact), "track": track})
+    def _false_detections(self, after: datetime, t: datetime, dt_s: float,
+                          world: ScenarioState) -> list[tuple[datetime, dict[str, Any]]]:
+        hour = world.local_hour(t)
+        rain = world.rain_mm_h(self.position, t)
+        scale = world.scenario.false_detections
+        rates = {
+            "bird": 0.0 if is_night(hour) else BIRD_PER_S,
+            "leaf": LEAF_PER_S * (1 + min(3.0, rain / 20)),
+            "reflection": REFLECTION_PER_S if 10 <= hour < 15 and rain == 0 else 0.0,
+            "streak": STREAK_PER_S_AT_50 * min(rain, 100.0) / 50,
+        }
+        out = []
+        for what, rate in rates.items():
+            if rate > 0 and self.rng.random() < rate * scale * dt_s:
+                at = after + timedelta(seconds=self.rng.uniform(0, dt_s))
+                out.append((at, self._false(what)))
+        return out
+
+    def _false(self, what: str) -> dict[str, Any]:
+        rng = self.rng
+        end = self._near(40, 200)
+        if what == "bird":  # glides across the view, no fall
+            h0, h1, secs, conf = rng.uniform(20, 60), rng.uniform(10, 60), rng.uniform(1, 3), 0.6
+            start = offset_m(end, rng.uniform(-25, 25), rng.uniform(-25, 25))
+        elif what == "leaf":  # flutters down at 1-2 m/s
+            h0 = rng.uniform(8, 25)
+            h1, secs, conf = 0.0, h0 / rng.uniform(1.0, 2.0), 0.55
+            start = offset_m(end, rng.uniform(-3, 3), rng.uniform(-3, 3))
+        elif what == "reflection":  # a glint that barely moves
+            h0 = rng.uniform(10, 80)
+            h1, secs, conf, start = h0 - rng.uniform(0, 2), rng.uniform(0.4, 1.5), 0.65, end
+        else:  # a rain streak close to the lens: fast and short
+            h0, h1, secs, conf, start = rng.uniform(20, 60), 0.0, 2 * FRAME_S, 0.5, end
+        track = [[round(start[0], 7), round(start[1], 7), round(h0, 2), 0.0],
+                 [round(end[0], 7), round(end[1], 7), round(max(0.0, h1), 2), round(secs, 3)]]
+        return {"confidence": round(rng.uniform(DETECT_MIN, conf), 3), "impact": round_pos(end),
+                "track": track}
 
 
-def create(device: Device, _site: Site, rng: random.Random) -> Camera:
-    return Camera(device.id, device.position, rng)
+create = Camera.create

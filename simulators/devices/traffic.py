@@ -1,73 +1,79 @@
-"""Traffic detector: speed, flow and occupancy from a demand level on a triangular-ish
-fundamental diagram.
+"""Traffic detector (loop or radar) at an intersection or on a road segment.
 
-Demand is arriving traffic as a fraction of road capacity. Below 1 the road flows freely (about
-50 km/h); above 1 a queue builds and density moves onto the congested branch, where speed falls
-to walking pace. Density follows its target with a lag, so jams build and clear over minutes.
+Physics in :mod:`simulators.physics.traffic`: the daily demand profile scaled per road, the
+scenario's extra demand, BPR speeds, and incidents whose queue reaches the detector. Heavy rain
+cuts capacity by up to 12 % and free-flow speed by up to 10 % (the ranges the US Highway
+Capacity Manual gives for heavy rain). Demand changes reach the detector with a lag of a few
+minutes, so jams build and clear gradually. The detector also runs automatic incident detection:
+an ``incident`` event a minute or two after a collision nearby, and rare false alarms.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
-from simulators.devices.base import BaseDevice, Output, Position, Site
+from sensing.decode import BUILTIN_KINDS, KindSpec
+from simulators.devices.base import BaseDevice, Output, Position
+from simulators.physics.traffic import (
+    CAPACITY_VEH_H_LANE,
+    bpr_speed_kmh,
+    flow_and_density,
+    occupancy_pct,
+)
 
 if TYPE_CHECKING:
-    from citywatch.config import Device
     from simulators.scenario import ScenarioState
 
-K_CRIT = 30.0  # veh/km/lane at capacity
-K_JAM = 150.0  # veh/km/lane, standing queue
-K_MAX = 0.85 * K_JAM  # a detected queue still creeps
-EFFECTIVE_LENGTH_KM = 0.0065  # vehicle plus detection zone: density to occupancy
-TAU_S = 120.0  # how fast density follows demand
-
-
-def target_density(demand: float) -> float:
-    if demand <= 1:
-        return K_CRIT * max(0.0, demand)
-    return min(K_CRIT + (demand - 1) * 150.0, K_MAX)
-
-
-def speed_kmh(density: float, free_kmh: float) -> float:
-    if density <= K_CRIT:
-        return free_kmh * (1 - 0.2 * density / K_CRIT)
-    # Congested branch: flow falls linearly to zero at jam density (backward wave).
-    cap_flow = free_kmh * 0.8 * K_CRIT
-    flow = cap_flow * (K_JAM - density) / (K_JAM - K_CRIT)
-    return flow / density
+TAU_S = 180.0  # how fast the state follows demand
+FALSE_ALARMS_PER_S = 1 / (3 * 86400)  # automatic incident detection: one false alarm in 3 days
+FALSE_CONFIDENCE = (0.3, 0.6)
 
 
 class TrafficDetector(BaseDevice):
     kind: ClassVar[str] = "traffic"
+    spec: ClassVar[KindSpec] = BUILTIN_KINDS["traffic"]
+    drain_v_per_h: ClassVar[float] = 0.001  # mains powered
 
     def __init__(self, device_id: str, position: Position, rng: random.Random) -> None:
         super().__init__(device_id, position, rng)
         self.lanes = rng.choice((2, 2, 3))
-        self.free_kmh = rng.uniform(48.0, 52.0)
-        self._demand_factor = rng.uniform(0.8, 1.1)  # some roads are busier than others
-        self.density: float | None = None
+        self.free_kmh = rng.uniform(48.0, 54.0)
+        self.road_factor = rng.uniform(0.85, 1.1)  # some roads are busier than others
+        self.ratio: float | None = None  # demand over capacity, lagged
 
-    def step(self, t: datetime, dt_s: float, scenario: ScenarioState) -> list[Output]:
-        demand = scenario.base_demand * self._demand_factor + scenario.congestion(self.id, t)
-        target = target_density(demand)
-        if self.density is None:
-            self.density = target
-        self.density += (target - self.density) * (1 - math.exp(-dt_s / TAU_S))
-        # Drivers slow down on wet roads.
-        wet = min(1.0, scenario.rain_mm_h(self.position, t) / 50)
-        v = speed_kmh(self.density, self.free_kmh * (1 - 0.08 * wet))
-        v = max(0.0, v * (1 + self.rng.gauss(0, 0.03)))
-        flow = max(0.0, v * self.density * self.lanes * (1 + self.rng.gauss(0, 0.05)))
-        occ = min(100.0, max(0.0, self.density * EFFECTIVE_LENGTH_KM * 100
-                             * (1 + self.rng.gauss(0, 0.03))))
+    def step(self, t: datetime, dt_s: float, world: ScenarioState) -> list[Output]:
+        demand = world.base_demand(t) * self.road_factor + world.extra_demand(self.id, t)
+        wet = min(1.0, world.rain_mm_h(self.position, t) / 50)
+        capacity = world.capacity_factor(self.id, t) * (1 - 0.12 * wet)
+        target = demand / capacity
+        if self.ratio is None:
+            self.ratio = target
+        self.ratio += (target - self.ratio) * (1 - math.exp(-dt_s / TAU_S))
+        speed = bpr_speed_kmh(self.free_kmh * (1 - 0.10 * wet), self.ratio)
+        flow_lane, density = flow_and_density(self.ratio, speed, CAPACITY_VEH_H_LANE * capacity)
+        occ = occupancy_pct(density)
+        self.true_values = {"speed_kmh": speed, "flow_veh_h": flow_lane * self.lanes,
+                            "occupancy_pct": occ}
+        out: list[Output] = []
+        after = t - timedelta(seconds=dt_s)
+        for inc in world.incidents_detected(self.id, after, t):
+            out.append(self.event(inc.detected, "incident", {
+                "subtype": inc.spec.subtype, "confidence": round(inc.confidence, 3)}))
+        if self.rng.random() < FALSE_ALARMS_PER_S * dt_s:
+            at = after + timedelta(seconds=self.rng.uniform(0, dt_s))
+            out.append(self.event(at, "incident", {
+                "subtype": "stalled_vehicle",
+                "confidence": round(self.rng.uniform(*FALSE_CONFIDENCE), 3)}))
         self._drain(dt_s)
-        return [self.telemetry(t, {"flow_veh_h": round(flow), "speed_kmh": round(v, 1),
-                                   "occupancy_pct": round(occ, 1)})]
+        g = self.rng.gauss
+        out.append(self.telemetry(t, {
+            "flow_veh_h": round(max(0.0, flow_lane * self.lanes * (1 + g(0, 0.05)))),
+            "speed_kmh": round(max(0.0, speed * (1 + g(0, 0.04))), 1),
+            "occupancy_pct": round(min(100.0, max(0.0, occ * (1 + g(0, 0.04)))), 1)}))
+        return out
 
 
-def create(device: Device, _site: Site, rng: random.Random) -> TrafficDetector:
-    return TrafficDetector(device.id, device.position, rng)
+create = TrafficDetector.create

@@ -1,46 +1,28 @@
-"""Water-depth gauge on a road or in an underpass: a linear reservoir fed by rain.
+"""Water-depth gauge on a road or in an underpass: an ultrasonic sensor over a low point.
 
-Inflow is the local rain rate times a catchment factor (an underpass gathers the runoff of the
-streets sloping into it); outflow is the depth over a drain time constant, capped by what the drains
-can take. Water rises while it rains harder than the drains can clear and recedes after.
+The water follows :mod:`simulators.physics.runoff` (a linear reservoir fed by the rain at the
+gauge and drained by gullies or pumps). The sensor adds a few mm of noise and reads 0 below its
+deadband (a wet road is not standing water).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from sensing.decode import BUILTIN_KINDS, KindSpec
 from simulators.devices.base import BaseDevice, Output, Position, Site
+from simulators.physics.runoff import SITES, Catchment, Reservoir
 
 if TYPE_CHECKING:
     from citywatch.config import Device
     from simulators.scenario import ScenarioState
 
-
-@dataclass(frozen=True, slots=True)
-class Reservoir:
-    catchment: float  # runoff area over the gauge's pond area
-    drain_cm_h: float  # most the drains take away
-    tau_h: float  # drain time constant below that cap
-
-    def rate_cm_h(self, depth_cm: float, rain_mm_h: float) -> float:
-        inflow = rain_mm_h / 10 * self.catchment
-        outflow = min(depth_cm / self.tau_h, self.drain_cm_h)
-        return inflow - outflow
-
-
-# By site type. Tuned so a 100 mm/h cloudburst floods an underpass past 30 cm within ~15 minutes,
-# a low road to ~10-20 cm, and leaves an ordinary road with a few cm.
-SITES: dict[str, Reservoir] = {
-    "underpass": Reservoir(catchment=18.0, drain_cm_h=25.0, tau_h=0.25),
-    "low_road": Reservoir(catchment=6.0, drain_cm_h=25.0, tau_h=0.3),
-    "road": Reservoir(catchment=2.5, drain_cm_h=40.0, tau_h=0.1),
-}
-
-_SUBSTEP_S = 5.0  # explicit Euler stays accurate well below the smallest tau (360 s)
+NOISE_CM = 0.3
+DEADBAND_CM = 0.5
+RAIN_SAMPLE_S = 30.0  # rain is sampled this often within a reporting interval
 
 
 def site_type(site: Site) -> str:
@@ -52,32 +34,38 @@ def site_type(site: Site) -> str:
 
 class WaterGauge(BaseDevice):
     kind: ClassVar[str] = "water"
+    spec: ClassVar[KindSpec] = BUILTIN_KINDS["water"]
 
     def __init__(self, device_id: str, position: Position, rng: random.Random,
-                 reservoir: Reservoir) -> None:
+                 catchment: Catchment) -> None:
         super().__init__(device_id, position, rng)
-        # No two sites drain alike.
-        f = rng.uniform(0.9, 1.1)
-        self.reservoir = Reservoir(reservoir.catchment * f, reservoir.drain_cm_h / f,
-                                   reservoir.tau_h)
-        self.depth_cm = 0.0
+        # No two sites drain alike: catchments differ by +-15 % around the type's.
+        self.reservoir = Reservoir(catchment.scaled(rng.uniform(0.85, 1.15)))
 
-    def advance(self, t: datetime, dt_s: float, scenario: ScenarioState) -> None:
-        n = max(1, math.ceil(dt_s / _SUBSTEP_S))
+    @classmethod
+    def create(cls, device: Device, site: Site, rng: random.Random) -> WaterGauge:
+        return cls(device.id, device.position, rng, SITES[site_type(site)])
+
+    @property
+    def depth_cm(self) -> float:
+        return self.reservoir.depth_cm
+
+    def advance(self, t: datetime, dt_s: float, world: ScenarioState) -> None:
+        n = max(1, math.ceil(dt_s / RAIN_SAMPLE_S))
         h = dt_s / n
+        drain = world.drain_factor(self.id, t)
         for i in range(n):
             mid = t - timedelta(seconds=dt_s - (i + 0.5) * h)
-            rain = scenario.rain_mm_h(self.position, mid)
-            rate = self.reservoir.rate_cm_h(self.depth_cm, rain)
-            self.depth_cm = max(0.0, self.depth_cm + rate * h / 3600)
+            self.reservoir.step(world.rain_mm_h(self.position, mid), h, drain)
 
-    def step(self, t: datetime, dt_s: float, scenario: ScenarioState) -> list[Output]:
-        self.advance(t, dt_s, scenario)
+    def step(self, t: datetime, dt_s: float, world: ScenarioState) -> list[Output]:
+        self.advance(t, dt_s, world)
+        depth = self.reservoir.depth_cm
+        world.report_depth(self.id, depth)
+        self.true_values = {"water_depth_cm": depth}
         self._drain(dt_s)
-        # Ultrasonic gauges jitter by a few mm on water; a dry road reads 0.
-        reading = self.depth_cm + self.rng.gauss(0, 0.2) if self.depth_cm > 0.5 else 0.0
+        reading = depth + self.rng.gauss(0, NOISE_CM) if depth > DEADBAND_CM else 0.0
         return [self.telemetry(t, {"water_depth_cm": round(max(0.0, reading), 1)})]
 
 
-def create(device: Device, site: Site, rng: random.Random) -> WaterGauge:
-    return WaterGauge(device.id, device.position, rng, SITES[site_type(site)])
+create = WaterGauge.create

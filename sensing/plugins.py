@@ -1,0 +1,150 @@
+"""Device kinds from plug-ins: the ``citywatch.devices`` entry-point group and ``plugins:`` in the
+config.
+
+A plug-in is an object (usually a class) with two attributes:
+
+- ``kind``: the kind in its topics, ``city/{kind}/{device_id}/{channel}``;
+- ``spec``: a :class:`~sensing.decode.KindSpec`, what the platform accepts from that kind.
+
+To be simulated as well it has ``create(device, site, rng)`` returning a device simulator;
+subclasses of ``simulators.devices.base.BaseDevice`` inherit one. A package registers a plug-in
+with an entry point named after the kind::
+
+    [project.entry-points."citywatch.devices"]
+    wind = "wind_gauge:WindGauge"
+
+or a deployment lists it in ``config.yaml`` (``plugins: ["wind_gauge:WindGauge"]``). Both load at
+start; a plug-in that cannot be loaded, or that claims a kind already taken, stops the start with
+a :class:`PluginError` naming it: running on would dead-letter every message of that kind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from sensing.decode import BUILTIN_KINDS, KindSpec
+from sensing.topics import is_kind
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "citywatch.devices"
+_PATH_RE = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
+
+
+class PluginError(Exception):
+    """A plug-in that cannot be loaded or registered; the message names it and says why."""
+
+
+class PluginSettings(Protocol):
+    """What :func:`load_kinds` reads from the configuration (``citywatch.config.Config``)."""
+
+    @property
+    def plugins(self) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plugin:
+    """A loaded plug-in: its kind, the object itself and where it came from (for messages)."""
+
+    kind: str
+    spec: KindSpec
+    obj: Any
+    source: str
+
+
+def import_object(path: str) -> Any:
+    """``package.module:attr`` (or ``package.module.attr``) to the object it names."""
+    if not _PATH_RE.fullmatch(path):
+        raise PluginError(f"plug-in {path!r}: expected 'package.module:attribute'")
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        module_name, _, attr = path.rpartition(".")
+        if not module_name:
+            raise PluginError(f"plug-in {path!r}: expected 'package.module:attribute'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginError(f"plug-in {path!r}: cannot import {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PluginError(f"plug-in {path!r}: {module_name!r} has no {attr!r}") from None
+    return obj
+
+
+def _check(obj: Any, source: str) -> Plugin:
+    kind, spec = getattr(obj, "kind", None), getattr(obj, "spec", None)
+    if not isinstance(kind, str) or not is_kind(kind):
+        raise PluginError(f"{source}: kind {kind!r}: expected a name like 'wind' "
+                          "([a-z][a-z0-9_]*, not dispatch, alerts or deadletter)")
+    if not isinstance(spec, KindSpec):
+        raise PluginError(f"{source}: spec: expected a sensing.decode.KindSpec, "
+                          f"got {type(spec).__name__}")
+    return Plugin(kind, spec, obj, source)
+
+
+def discover(paths: Iterable[str] = (), *, use_entry_points: bool = True) -> dict[str, Plugin]:
+    """Plug-ins by kind: the entry-point group's, then those named by ``paths``.
+
+    The same object found twice (an entry point also listed in the config) counts once.
+    """
+    found: dict[str, Plugin] = {}
+
+    def add(plugin: Plugin) -> None:
+        if plugin.kind in BUILTIN_KINDS:
+            raise PluginError(f"{plugin.source}: kind {plugin.kind!r} is built in; "
+                              "choose another name")
+        have = found.get(plugin.kind)
+        if have is not None and have.obj is not plugin.obj:
+            raise PluginError(f"kind {plugin.kind!r} is claimed twice: by {have.source} and by "
+                              f"{plugin.source}")
+        if have is None:
+            found[plugin.kind] = plugin
+            log.info("device kind %r from %s", plugin.kind, plugin.source)
+
+    if use_entry_points:
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            source = f"entry point {ep.name} = {ep.value}"
+            try:
+                obj = ep.load()
+            except Exception as exc:  # any import-time error of a third-party package
+                raise PluginError(f"{source}: cannot load: {type(exc).__name__}: {exc}") from exc
+            plugin = _check(obj, source)
+            if plugin.kind != ep.name:
+                raise PluginError(f"{source}: the entry point's name must be the kind "
+                                  f"({plugin.kind!r})")
+            add(plugin)
+    for i, path in enumerate(paths):
+        add(_check(import_object(path), f"plugins[{i}] {path}"))
+    return found
+
+
+def load_plugins(config: PluginSettings, *, use_entry_points: bool = True) -> dict[str, Plugin]:
+    return discover(config.plugins, use_entry_points=use_entry_points)
+
+
+def kinds_of(plugins: Mapping[str, Plugin]) -> Mapping[str, KindSpec]:
+    """The built-in kinds plus the plug-ins', for :class:`sensing.decode.Decoder`."""
+    return MappingProxyType({**BUILTIN_KINDS, **{k: p.spec for k, p in plugins.items()}})
+
+
+def load_kinds(config: PluginSettings, *, use_entry_points: bool = True,
+               device_kinds: Iterable[str] = ()) -> Mapping[str, KindSpec]:
+    """Every kind the decoder must know: built in, from entry points and from ``config.plugins``.
+
+    ``device_kinds`` (the registry's kinds) are checked: a device of a kind nobody registered
+    would have every message dead-lettered as ``unknown_kind``, so that is logged at start.
+    """
+    kinds = kinds_of(load_plugins(config, use_entry_points=use_entry_points))
+    for kind in sorted(set(device_kinds) - set(kinds)):
+        log.warning("devices of kind %r are registered but no plug-in provides that kind: "
+                    "their messages will be rejected (unknown_kind)", kind)
+    return kinds
