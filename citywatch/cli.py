@@ -40,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config, args, with_simulators=True)
         if args.command == "serve":
             return _run(config, args, with_simulators=False)
+        if args.command == "score":
+            from citywatch.score import command as score_command
+            return score_command(config, args)
+        if args.command == "replay":
+            from citywatch.replay import command as replay_command
+            return replay_command(config, args)
         return _simulate(config, args)
     except StartupError as exc:
         print(f"citywatch: {exc}", file=sys.stderr)
@@ -70,12 +76,54 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--speed", type=float, default=None,
                            help="simulated seconds per real second (scenario default)")
             s.add_argument("--seed", type=int, default=None)
-    s = sub.add_parser("simulate", parents=[common], help="simulated devices only")
-    s.add_argument("scenario", help="scenario name, e.g. demo or quiet")
-    s.add_argument("--speed", type=float, default=None)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--devices", type=int, default=None, help="scale the fleet to N devices")
-    s.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    s = sub.add_parser(
+        "simulate", parents=[common], help="simulated devices only",
+        description="Publish a scenario's simulated fleet to the configured broker and write its "
+        "ground truth. Scenarios: storm, rush_hour, falling_object, sensor_faults, quiet_day, "
+        "mixed, demo (simulators/scenarios/), or a path to a scenario YAML file.")
+    s.add_argument("scenario", help="scenario name or YAML file, e.g. storm")
+    s.add_argument("--speed", type=float, default=None,
+                   help="simulated seconds per real second (default: the scenario's)")
+    s.add_argument("--seed", type=int, default=None, help="default: the scenario's")
+    s.add_argument("--devices", type=int, default=None,
+                   help="scale the fleet to N devices (load tests)")
+    s.add_argument("--duration", type=float, default=None,
+                   help="stop after this many real seconds")
+    s.add_argument("--keep-running", action="store_true",
+                   help="go on after the scenario's timeline ends (default: stop there)")
+    s.add_argument("--truth", type=Path, default=None,
+                   help="ground truth JSON (default: var/truth/{scenario}-{seed}.json)")
+    s.add_argument("--connections", choices=("auto", "per-device", "shared"), default="auto",
+                   help="one MQTT connection per device (Last Will each) or shared ones; "
+                   "auto: per device up to 500 devices")
+    s = sub.add_parser(
+        "score", parents=[common], help="score a scenario's alerts against its ground truth",
+        description="Run a scenario offline (simulated time, no broker or database) through "
+        "decoding, zone placement and the rules, and compare the alerts with the scenario's "
+        "ground truth: precision, recall, detection delay, false alarms per day, per hazard.")
+    s.add_argument("scenario", help="scenario name or YAML file, e.g. storm")
+    s.add_argument("--seed", type=int, default=None, help="default: the scenario's")
+    s.add_argument("--hours", type=float, default=None,
+                   help="simulated hours to run (default: the scenario's duration)")
+    s.add_argument("--shuffle", type=float, default=0.0, metavar="S",
+                   help="deliver each message up to S seconds late, out of order")
+    s.add_argument("--twice", action="store_true", help="deliver every message twice")
+    s.add_argument("--reorder-window", type=float, default=None, metavar="S",
+                   help="override rules.event_time.reorder_window_s")
+    s.add_argument("--compare", action="store_true",
+                   help="also run in order, once, and say whether the alerts are the same")
+    s.add_argument("--alerts", action="store_true", help="list every alert change")
+    s = sub.add_parser(
+        "replay", parents=[common], help="stored telemetry through the rules of --config",
+        description="Read stored telemetry and events from the database (database.url or "
+        "CITYWATCH_DATABASE_URL) and run them through the rules of --config and of --against; "
+        "show the alerts added, removed, raised earlier or later: how a threshold is tuned.")
+    s.add_argument("--against", default="config.yaml",
+                   help="the configuration to compare with (default: config.yaml)")
+    s.add_argument("--since", default=None,
+                   help="from this time (RFC 3339, or a duration back from now: 6h, 2d)")
+    s.add_argument("--until", default=None, help="up to this time (RFC 3339)")
+    s.add_argument("--alerts", action="store_true", help="list every alert change of --config")
     return p
 
 
@@ -170,7 +218,8 @@ def _start_simulation(config: Config, args: argparse.Namespace, endpoints: Endpo
 
     def target() -> None:
         try:
-            sim.run(endpoints.broker_url, stop, None, progress)
+            sim.run(endpoints.broker_url, stop, None, progress,
+                    truth_path=args.data_dir / "truth" / f"{sim.scenario.name}-{sim.seed}.json")
         except Exception:
             log.exception("simulation stopped")
 
@@ -201,26 +250,47 @@ def _status_line(service: Service, sim_status: dict[str, object]) -> None:
 
 
 def _simulate(config: Config, args: argparse.Namespace) -> int:
-    from simulators.runner import Simulation
+    from sensing.plugins import PluginError
+    from simulators.errors import SimulatorError
+    from simulators.runner import Progress, Simulation, default_truth_path
 
     if config.broker.url == "embedded":
         raise StartupError("simulate needs a broker to publish to: set broker.url in the "
                            "config or CITYWATCH_BROKER_URL (e.g. mqtt://127.0.0.1:1883)")
     stop = threading.Event()
     _stop_on_signals(stop)
-    sim = Simulation(config, args.scenario, seed=args.seed if args.seed is not None else
-                     config.simulator.seed, speed=args.speed, start=datetime.now(UTC),
-                     devices=args.devices)
+    try:
+        sim = Simulation(config, args.scenario, seed=args.seed, speed=args.speed,
+                         start=datetime.now(UTC), devices=args.devices)
+    except (SimulatorError, PluginError) as exc:
+        raise StartupError(str(exc)) from None
+    truth = args.truth or default_truth_path(sim.scenario.name, sim.seed)
+    length = "" if sim.end is None else f", {(sim.end - sim.start).total_seconds() / 3600:g} h"
+    print(f"scenario {sim.scenario.name} (seed {sim.seed}, speed {sim.speed:g}x{length}): "
+          f"{len(sim.devices)} devices -> {_redact_broker(config.broker.url)}\n"
+          f"  {sim.scenario.description}\n  ground truth: {truth}", flush=True)
+    tty = sys.stdout.isatty()
+    last_line = [0.0]
 
-    def progress(p: object) -> None:
-        text = getattr(p, "describe", None)
-        line = text() if callable(text) else str(p)
-        if sys.stdout.isatty():
-            print("\r" + str(line).ljust(120), end="", flush=True)
+    def progress(p: Progress) -> None:
+        if tty:
+            print("\r" + p.describe().ljust(130), end="", flush=True)
+        elif p.real_elapsed_s - last_line[0] >= 10:  # logs and CI: a line every 10 s
+            last_line[0] = p.real_elapsed_s
+            print(p.describe(), flush=True)
 
-    sim.run(config.broker.url, stop, args.duration, progress)
-    print("\nsimulation stopped", flush=True)
+    try:
+        final = sim.run(config.broker.url, stop, args.duration, progress, truth_path=truth,
+                        connections=args.connections, until_end=not args.keep_running)
+    except SimulatorError as exc:
+        raise StartupError(str(exc)) from None
+    print(("\n" if tty else "") + f"simulation stopped: {final.describe()}\n"
+          f"ground truth written to {truth}", flush=True)
     return 0
+
+
+def _redact_broker(url: str) -> str:
+    return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[1] if "@" in url else url
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rules.params import RulesParams
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PLUGIN_PATH = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
 KINDS = ("camera", "water", "rain", "traffic", "grid")
 
 
@@ -100,7 +101,8 @@ class Team(_Strict):
 class Route(_Strict):
     """The first route matching hazard, zone type and level wins: put the specific ones first."""
 
-    hazard: Literal["waterlogging", "falling_object", "traffic", "device_fault"]
+    hazard: Literal["waterlogging", "falling_object", "traffic", "device_fault",
+                    "falling_object_pattern"]
     zone_type: str = Field(description="a zone type, or '*' for any")
     department: str
     team: str
@@ -182,8 +184,19 @@ class Config(_Strict):
     routing: tuple[Route, ...]
     devices: tuple[Device, ...]
     simulator: SimulatorConfig = SimulatorConfig()
+    plugins: tuple[str, ...] = Field(
+        default=(), description="device kinds from plug-ins, as 'package.module:Class'; "
+        "entry points of the citywatch.devices group load without being listed")
     work_orders: WorkOrdersConfig = WorkOrdersConfig()
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by the loader")
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for path in v:
+            if not PLUGIN_PATH.fullmatch(path):
+                raise ValueError(f"{path!r}: expected 'package.module:Class'")
+        return v
 
     @model_validator(mode="after")
     def _references(self) -> Self:

@@ -23,11 +23,10 @@ from alerts import store as alert_store
 from citywatch.config import Config
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline
-from citywatch.service import build_alert_store, build_engine
+from citywatch.service import build_alert_store, build_decoder, build_engine
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from sensing import store as sensing_store
-from sensing.decode import Decoder
 from sensing.mqtt import Inbound
 from simulators.truth import GroundTruth
 
@@ -104,7 +103,7 @@ def run_funnel(config: Config, db_url: str, scenario: str,
     store_, workers = build_alert_store(config, zones)
     clock_now = [datetime.now(UTC)]
     pipeline = Pipeline(
-        conninfo=db_url, decoder=Decoder({d.id: d.kind for d in config.devices}), engine=engine,
+        conninfo=db_url, decoder=build_decoder(config), engine=engine,
         state=engine.restore({}), index=index, devices={d.id: d.position for d in config.devices},
         alert_store=store_, ack=lambda _mids: None, dead_letter=lambda _r: None,
         on_committed=lambda: None, metrics=Metrics(), clock=lambda: clock_now[0],

@@ -37,11 +37,18 @@ from sensing import store as sensing_store
 from sensing.decode import Decoder
 from sensing.models import Rejection
 from sensing.mqtt import MqttLink
+from sensing.plugins import load_kinds
 from sensing.topics import SUBSCRIPTIONS, deadletter_topic
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def build_decoder(cfg: Config) -> Decoder:
+    """The decoder for the registry, knowing built-in and plug-in device kinds."""
+    kinds = load_kinds(cfg, device_kinds={d.kind for d in cfg.devices})
+    return Decoder({d.id: d.kind for d in cfg.devices}, kinds)
 
 
 def build_engine(cfg: Config, zones: Sequence[Zone]) -> Engine:
@@ -134,7 +141,7 @@ class Service:
             on_sent=lambda topic, _id: self.metrics.published.labels(
                 "dispatch" if topic.startswith("city/dispatch/") else "zone_state").inc())
         self.pipeline = Pipeline(
-            conninfo=db, decoder=Decoder({d.id: d.kind for d in cfg.devices}), engine=engine,
+            conninfo=db, decoder=build_decoder(cfg), engine=engine,
             state=state, index=index, devices=positions, alert_store=self.alert_store,
             ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
             metrics=self.metrics, batch_max=cfg.database.batch_max,

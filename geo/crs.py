@@ -121,6 +121,18 @@ def _project(geom: BaseGeometry, src: str, dst: str) -> BaseGeometry:
     return out
 
 
+def utm_crs_for(lon: float, lat: float) -> str:
+    """The UTM zone's EPSG code for a position: the metric CRS for work anywhere (32651 for
+    Suzhou). Zones outside 51N can then be buffered in their own zone with ``project``."""
+    zone = min(60, max(1, int((lon + 180) // 6) + 1))
+    return f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
+
+
+def project(geom: BaseGeometry, src: str, dst: str) -> BaseGeometry:
+    """A geometry from one CRS to another (any pair pyproj knows), (x, y) = (lon, lat) order."""
+    return _project(geom, src, dst)
+
+
 def to_utm(geom: BaseGeometry) -> BaseGeometry:
     """A WGS 84 geometry in UTM 51N metres."""
     return _project(geom, WGS84, UTM51N)

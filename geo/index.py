@@ -12,13 +12,22 @@ deterministic; a point is often in several zones (an underpass in a road segment
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import shapely
 from numpy.typing import ArrayLike, NDArray
 
 from geo.errors import UnknownZoneError, ZoneError
-from geo.zones import Zone
+from geo.zones import ADMIN_LEVELS, Zone
+
+
+class Hierarchy(NamedTuple):
+    """Where something is administratively: zone ids, None where the zones have no such level."""
+
+    grid_cell: str | None
+    street: str | None
+    district: str | None
 
 
 class ZoneIndex:
@@ -103,6 +112,37 @@ class ZoneIndex:
             out.append(parent)
             parent = self._by_id[parent].parent_id
         return tuple(out)
+
+    def admin_chain(self, zone_id: str) -> dict[str, str]:
+        """The administrative zones a zone belongs to, by level (``ADMIN_LEVELS``), itself
+        included when it is one: through ``parent_id``, so a hazard zone straddling two cells
+        belongs to the one it was filed under."""
+        out: dict[str, str] = {}
+        for zid in (zone_id, *self.ancestors(zone_id)):
+            ztype = self._by_id[zid].type
+            if ztype in ADMIN_LEVELS:
+                out.setdefault(ztype, zid)
+        return out
+
+    def hierarchy_of_zone(self, zone_id: str) -> Hierarchy:
+        """(grid cell, street, district) of a zone (a device's or alert's zone: routing uses it)."""
+        chain = self.admin_chain(zone_id)
+        return Hierarchy(chain.get("grid_cell"), chain.get("street"), chain.get("district"))
+
+    def hierarchy_of_zones(self, zone_ids: Iterable[str]) -> Hierarchy:
+        """(grid cell, street, district) among the zones of a position (``zones_at``): the first
+        of each level; levels missing among them are taken from the parents of those found."""
+        found: dict[str, str] = {}
+        for zid in zone_ids:
+            zone = self._by_id.get(zid)
+            if zone is not None and zone.type in ADMIN_LEVELS:
+                for level, z in self.admin_chain(zid).items():
+                    found.setdefault(level, z)
+        return Hierarchy(found.get("grid_cell"), found.get("street"), found.get("district"))
+
+    def hierarchy_of(self, lon: float, lat: float) -> Hierarchy:
+        """(grid cell, street, district) of a position; None for a level it is outside of."""
+        return self.hierarchy_of_zones(self.zones_at(lon, lat))
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

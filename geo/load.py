@@ -1,18 +1,28 @@
-"""Zone files (GeoJSON, or anything GDAL reads) to validated :class:`~geo.zones.Zone` objects.
+"""Zone files (GeoJSON, GeoPackage, Shapefile: anything GDAL reads) to validated
+:class:`~geo.zones.Zone` objects.
 
 Every feature is checked and every problem is reported at once, so a bad zone file is fixed in one
-round: a unique non-empty ``id``, a known ``type``, a non-empty valid Polygon or MultiPolygon
-inside the lon/lat range, and a ``parent_id`` that names another zone of the same file.
+round: a unique non-empty ``id``, a known ``type``, a non-empty Polygon or MultiPolygon inside the
+lon/lat range, and a ``parent_id`` that names another zone of the same file.
+
+A file in another CRS (a GeoPackage in UTM, a Shapefile with a ``.prj`` in CGCS2000) is reprojected
+to WGS 84; a file with no CRS is taken as WGS 84 unless the caller names one. An invalid polygon
+that ``shapely.make_valid`` can repair (a bow-tie, a ring touching itself) is repaired and the
+repair is reported (``LoadedZones.repaired``; ``load_zones`` logs it); one it cannot repair into a
+polygon is rejected with the zone's id and the reason.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
 import geopandas as gpd
 import pandas as pd
+import pyogrio
 import shapely
 from pyogrio.errors import DataSourceError
 from shapely.geometry.base import BaseGeometry
@@ -23,6 +33,30 @@ from geo.errors import ZoneError
 from geo.zones import ZONE_TYPE_HAZARDS, Zone
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedZones:
+    """Zones read from a file, with what was repaired (one line per zone) and the file's CRS."""
+
+    zones: list[Zone]
+    repaired: tuple[str, ...]
+    source_crs: str | None
+
+
+def repair(geom: BaseGeometry) -> tuple[BaseGeometry | None, str]:
+    """A valid polygonal geometry from an invalid one, and what was wrong; (None, reason) when
+    ``make_valid`` leaves no polygon (a polygon collapsed to a line, say)."""
+    reason = explain_validity(geom)
+    fixed = shapely.make_valid(geom)
+    parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type in _POLYGONAL]
+    if not parts:
+        return None, f"invalid geometry: {reason}; make_valid leaves no polygon"
+    out = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+    if out.is_empty or out.geom_type not in _POLYGONAL or not shapely.is_valid(out):
+        return None, f"invalid geometry: {reason}; make_valid leaves no valid polygon"
+    return out, reason
 
 
 def _text(value: Any) -> str | None:
@@ -46,8 +80,6 @@ def _geometry_problem(geom: BaseGeometry | None) -> str | None:
         return f"geometry is a {geom.geom_type}; expected Polygon or MultiPolygon"
     if geom.is_empty:
         return "empty geometry"
-    if not shapely.is_valid(geom):
-        return f"invalid geometry: {explain_validity(geom)}"
     minx, miny, maxx, maxy = geom.bounds
     if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
         return (f"coordinates out of lon/lat range: bounds ({minx:g}, {miny:g}, {maxx:g}, "
@@ -55,28 +87,60 @@ def _geometry_problem(geom: BaseGeometry | None) -> str | None:
     return None
 
 
-def _read(path: str | PathLike[str]) -> Any:
+def _layer(path: str | PathLike[str], layer: str | None) -> str | None:
+    """The layer to read: the named one, the only one, or one called ``zones``."""
+    if layer is not None:
+        return layer
+    try:
+        layers = [str(row[0]) for row in pyogrio.list_layers(path)]
+    except DataSourceError:
+        return None  # _read reports it
+    if len(layers) <= 1:
+        return None
+    if "zones" in layers:
+        return "zones"
+    raise ZoneError([f"{path}: {len(layers)} layers ({', '.join(layers)}); name the one "
+                     "holding the zones, or call it 'zones'"])
+
+
+def _read(path: str | PathLike[str], layer: str | None, crs: str | None) -> tuple[Any, str | None]:
     where = str(path)
     try:
-        frame = gpd.read_file(path)
-    except DataSourceError as exc:
+        frame = gpd.read_file(path, layer=_layer(path, layer))
+    except (DataSourceError, ValueError) as exc:
         raise ZoneError([f"{where}: cannot read zones: {exc}"]) from None
+    if frame.crs is None and crs is not None:
+        frame = frame.set_crs(crs)
+    source = None if frame.crs is None else str(frame.crs.to_string())
     if frame.crs is not None and not frame.crs.equals(WGS84):
         # Files may declare e.g. UTM; zones are kept in WGS 84 (CONTRACT: positions are lon/lat).
         frame = frame.to_crs(WGS84)
-    return frame
+    return frame, source
 
 
-def load_zones(path: str | PathLike[str]) -> list[Zone]:
+def load_zones(path: str | PathLike[str], *, layer: str | None = None,
+               crs: str | None = None) -> list[Zone]:
+    """Read and validate the zones of a file (see :func:`read_zones`); repairs are logged."""
+    loaded = read_zones(path, layer=layer, crs=crs)
+    for line in loaded.repaired:
+        log.warning("%s", line)
+    return loaded.zones
+
+
+def read_zones(path: str | PathLike[str], *, layer: str | None = None,
+               crs: str | None = None) -> LoadedZones:
     """Read and validate the zones of a file; raise :class:`ZoneError` listing every problem.
 
     Properties used: ``id``, ``name`` (defaults to the id), ``type`` (a key of
     ``ZONE_TYPE_HAZARDS``), ``parent_id`` (optional). Other properties are ignored. A file that
-    declares another CRS is reprojected to WGS 84; one without a CRS is taken as WGS 84.
+    declares another CRS is reprojected to WGS 84; one without a CRS is taken as ``crs`` if given,
+    else as WGS 84. ``layer`` picks a layer of a GeoPackage (default: the only one, or
+    ``zones``). Z coordinates are dropped.
     """
     where = str(path)
-    frame = _read(path)
+    frame, source = _read(path, layer, crs)
     problems: list[str] = []
+    repaired: list[str] = []
     if len(frame) == 0:
         raise ZoneError([f"{where}: no zones in the file"])
     columns = set(frame.columns)
@@ -103,7 +167,20 @@ def load_zones(path: str | PathLike[str]) -> list[Zone]:
             known = ", ".join(ZONE_TYPE_HAZARDS)
             feature_problems.append(f"unknown type {zone_type!r}; expected one of {known}")
         geom = row.geometry
-        if (reason := _geometry_problem(geom)) is not None:
+        if geom is not None and not geom.is_empty and shapely.has_z(geom):
+            geom = shapely.force_2d(geom)
+        unrepairable = False
+        if geom is not None and geom.geom_type in _POLYGONAL and not geom.is_empty \
+                and not shapely.is_valid(geom):
+            fixed, why = repair(geom)
+            if fixed is None:
+                feature_problems.append(why)
+                unrepairable = True
+            else:
+                repaired.append(f"{where}: {label}: repaired invalid geometry ({why}); now a "
+                                f"valid {fixed.geom_type}")
+                geom = fixed
+        if not unrepairable and (reason := _geometry_problem(geom)) is not None:
             feature_problems.append(reason)
         problems.extend(f"{where}: {label}: {p}" for p in feature_problems)
         if feature_problems or zone_id is None or zone_type is None:
@@ -129,4 +206,4 @@ def load_zones(path: str | PathLike[str]) -> list[Zone]:
                             f"{current!r}")
     if problems:
         raise ZoneError(problems)
-    return zones
+    return LoadedZones(zones, tuple(repaired), source)

@@ -145,6 +145,20 @@ FALL_BUILDINGS = (
     ("fz-07", "苏州中心4号楼", 160.3, "Suzhou Centre Tower 4"),
     ("fz-08", "交通银行大厦", 100.0, "Bank of Communications Building"),
 )
+# Where people gather at the foot of a watched building: a falling object landing there is red.
+# Placed by the project (no public data): a disc straddling the fall zone's edge on the side of
+# the entrance, approximately. (id, name, type, fall zone, bearing from its centre in degrees
+# clockwise from north, radius m)
+SENSITIVE = (
+    ("pa-01", "Suzhou Centre plaza (pedestrian area)", "pedestrian_area", "fz-05", 200.0, 45.0),
+    ("pa-02", "Global 188 forecourt (pedestrian area)", "pedestrian_area", "fz-03", 180.0, 40.0),
+    ("pa-03", "Beisi Pagoda temple square (pedestrian area)", "pedestrian_area", "fz-01", 0.0,
+     35.0),
+    ("sg-01", "Primary school gate by the Bank of Communications Building (school gate)",
+     "school_gate", "fz-08", 90.0, 30.0),
+    ("sg-02", "Middle school gate south of the 151 m tower (school gate)", "school_gate",
+     "fz-02", 180.0, 30.0),
+)
 # Cameras and the fall zones each watches; cam-03 stands between two towers.
 CAMERAS = (
     ("cam-01", ("fz-01",)), ("cam-02", ("fz-02",)), ("cam-03", ("fz-03", "fz-06")),
@@ -278,6 +292,21 @@ def fall_zone(footprint: Polygon, height: float) -> BaseGeometry:
     return to_wgs84(utm.buffer(max(10.0, 0.3 * height)).difference(utm))
 
 
+def sensitive_area(footprint: Polygon, fall: BaseGeometry, bearing_deg: float,
+                   radius_m: float) -> BaseGeometry:
+    """A disc centred on the fall zone's outer edge, on the ray from the building's centre at
+    ``bearing_deg``: half of it in the fall zone, half beyond (people walk up to the door)."""
+    centre = to_utm(footprint).centroid
+    ring = to_utm(fall).exterior if fall.geom_type == "Polygon" else \
+        to_utm(max(fall.geoms, key=lambda g: g.area)).exterior
+    a = np.radians(bearing_deg)
+    far = Point(centre.x + 2000 * np.sin(a), centre.y + 2000 * np.cos(a))
+    hits = LineString([centre, far]).intersection(ring)
+    points = [hits] if hits.geom_type == "Point" else list(getattr(hits, "geoms", []))
+    edge = max(points, key=centre.distance)  # the outer edge, not the footprint's
+    return to_wgs84(edge.buffer(radius_m, quad_segs=4))
+
+
 def largest_overlap(geom: BaseGeometry, cells: list[OutZone]) -> str:
     areas = [to_utm(geom.intersection(c.geometry)).area if geom.intersects(c.geometry) else 0.0
              for c in cells]
@@ -352,6 +381,7 @@ def build() -> tuple[list[OutZone], list[dict[str, Any]], dict[str, Any]]:
                              {"source": "drawn on a real road; approximate"}))
 
     # Fall zones round tall buildings.
+    by_fall: dict[str, OutZone] = {}
     buildings = load_buildings()
     footprints: dict[str, Polygon] = {}
     district_area = gusu.union(cbd)
@@ -363,6 +393,13 @@ def build() -> tuple[list[OutZone], list[dict[str, Any]], dict[str, Any]]:
                              largest_overlap(geom, cells),
                              {"height_m": height, "buffer_m": round(max(10.0, 0.3 * height), 1),
                               "source": "OpenStreetMap footprint, buffered"}))
+        by_fall[zid] = zones[-1]
+    # Pedestrian areas and school gates, half in a fall zone (see SENSITIVE).
+    for sid, name, ztype, fz_id, bearing, radius in SENSITIVE:
+        geom = snap(sensitive_area(footprints[fz_id], by_fall[fz_id].geometry, bearing, radius))
+        zones.append(OutZone(sid, name, ztype, geom, largest_overlap(geom, cells),
+                             {"source": "placed by the project at the foot of a watched building; "
+                              "approximate"}))
     by_id = {z.id: z for z in zones}
 
     devices: list[dict[str, Any]] = []
@@ -498,16 +535,80 @@ rules:
       underpass: {blue_cm: 5, yellow_cm: 10, orange_cm: 15, red_cm: 25}
       low_road: {blue_cm: 8, yellow_cm: 15, orange_cm: 25, red_cm: 40}
     hysteresis_cm: 2
+    stale_after_s: 900              # a silent gauge's last reading stops counting
+    raise_hold_s: 60                # just over a threshold: for a minute (six readings), as
+    raise_margin_cm: 1              #   gauges jitter by mm; 1 cm over it: at once
+    # Blue before the water gets there: the rise over the last 10 min would reach yellow within
+    # 30 min.
+    forecast_horizon_s: 1800
+    forecast_window_s: 600
+    forecast_min_rise_cm_h: 3
+    rain:
+      # CMA rainstorm signals over each low point's catchment (rain gauges within 2.5 km):
+      # 50 mm in 12 h blue, 50 mm in 6 h yellow, 50 mm in 3 h orange, 100 mm in 3 h red, counting
+      # what has fallen plus the current rate for one more hour.
+      enabled: true
+      signals:
+        blue: {mm: 50, hours: 12}
+        yellow: {mm: 50, hours: 6}
+        orange: {mm: 50, hours: 3}
+        red: {mm: 100, hours: 3}
+      nowcast_h: 1
+      catchment_radius_m: 2500
+      at_risk_types: [underpass, low_road]
+      # Rain alone gives a blue watch; with water at the blue depth, at least this level.
+      raise_to: {blue: blue, yellow: blue, orange: blue, red: yellow}
   falling_object:
-    min_confidence: 0.7
+    min_confidence: 0.7             # lower: logged, kept to be corroborated, not alerted
     red_confidence: 0.9
     clear_after_s: 900
+    sensitive_types: [pedestrian_area, school_gate]   # an impact there is red
+    corroborate_s: 120              # a second camera or a grid report within 2 min and 60 m
+    corroborate_m: 60               #   raises the confidence (noisy-or)
+    pattern_min_events: 3           # three objects from one building within two hours:
+    pattern_window_s: 7200          #   a pattern alert for its management
+    pattern_level: orange
   traffic:
-    # Speed (km/h) below which each level starts, on urban main roads.
+    # Speed (km/h) below which each level starts, on a road whose free-flow speed is 50 km/h
+    # (ratio 0.7, 0.5, 0.24 of free flow); other free-flow speeds scale them.
     blue_kmh: 35
     yellow_kmh: 25
     orange_kmh: 12
     hysteresis_kmh: 5
+    free_flow_kmh: 50
+    min_occupancy_pct: 15           # slow but nearly empty is not congestion
+    hold_s: 120                     # a worse level must hold 2 minutes,
+    clear_hold_s: 180               #   a better one 3 minutes
+    incident_min_confidence: 0.7
+    incident_clear_after_s: 1800
+    suspect_drop: 0.5               # speed halves within a minute while occupancy jumps 20
+    suspect_occupancy_jump_pct: 20  #   points: a suspected incident (yellow)
+    suspect_level: yellow
+  device_health:
+    enabled: true
+    silent_after_s: 900             # no telemetry for 15 minutes: faulty (silent)
+    stuck_after_s: 600              # the same non-zero values for 10 minutes: stuck
+    max_rise_per_min: {water_depth_cm: 10, rain_rate_mm_h: 100}
+    spike_margin: {water_depth_cm: 20, rain_rate_mm_h: 150}   # 150: two tips of the bucket
+    spikes_to_fault: 2
+    drift_tolerance: {water_depth_cm: 4}
+    dry_max: {water_depth_cm: 2.5}
+    dry_window_s: 43200             # water with no rain in the catchment for 12 hours: drift
+    drift_confirm_s: 900
+    recover_after_s: 900
+    battery_low_v: 3.5              # Li-ion cells cut off at 3.3 V
+    alert_level: blue               # maintenance: one alert per zone, never a flood
+  reports:
+    corroborate_m: 300              # a grid report within 300 m of an active alert of its
+    corroborate_s: 1800             #   category (or one cleared within 30 min) corroborates it
+    own_alert_level: blue           # one that matches nothing: a blue alert in its grid cell
+    clear_after_s: 3600
+  event_time:
+    # 0: evaluate on arrival (no added delay). Per device, an older reading than one already
+    # evaluated is counted as too late; a device's late backlog is evaluated in its own order.
+    # With N > 0, readings are held N seconds so that any disorder up to N gives exactly the
+    # alerts of an in-order run, at the cost of N seconds of delay.
+    reorder_window_s: 0
 
 # Four levels: municipal, district, street (jiedao), grid.
 departments:
@@ -517,6 +618,7 @@ departments:
   - {id: gusu-traffic, name: Gusu Traffic Police Brigade, level: district}
   - {id: gusu-urban-mgmt, name: Gusu District Urban Management Bureau, level: district}
   - {id: gusu-building, name: District Building Management Office, level: district}
+  - {id: gusu-iot-maint, name: Gusu Urban IoT Operations and Maintenance Centre, level: district}
 {street_departments}
   - {id: gusu-grid-centre, name: Gusu District Grid Management Centre, level: grid}
 
@@ -529,6 +631,7 @@ teams:
   - {id: traffic-police-2, name: Traffic police patrol 2, department: gusu-traffic}
   - {id: urban-mgmt-1, name: Urban management patrol (cordons), department: gusu-urban-mgmt}
   - {id: building-mgmt-1, name: Facade inspection team, department: gusu-building}
+  - {id: iot-maint-1, name: Sensor maintenance crew, department: gusu-iot-maint}
 {street_teams}
   - {id: grid-centre-1, name: Grid centre dispatch desk, department: gusu-grid-centre}
 
@@ -540,11 +643,25 @@ routing:
   - {hazard: falling_object, zone_type: fall_zone, department: gusu-building, team: building-mgmt-1}
   - {hazard: traffic, zone_type: intersection, department: gusu-traffic, team: traffic-police-1}
   - {hazard: traffic, zone_type: road_segment, department: gusu-traffic, team: traffic-police-2}
+  # Repeated falling objects from one building: its management, through the building office.
+  - {hazard: falling_object_pattern, zone_type: fall_zone, department: gusu-building,
+     team: building-mgmt-1}
+  # Grid workers' reports that match no sensor alert become alerts in their grid cell.
+  - {hazard: waterlogging, zone_type: grid_cell, department: gusu-grid-centre, team: grid-centre-1}
+  - {hazard: falling_object, zone_type: grid_cell, department: gusu-grid-centre,
+     team: grid-centre-1}
+  - {hazard: traffic, zone_type: grid_cell, department: gusu-grid-centre, team: grid-centre-1}
+  # A faulty device (in whatever zone): maintenance, never the hazard teams.
+  - {hazard: device_fault, zone_type: "*", department: gusu-iot-maint, team: iot-maint-1}
 
 simulator:
   speed: 1.0
   telemetry_interval_s: 10
   seed: 1
+
+# Device kinds from plug-ins, as 'package.module:Class' (README: Plugging a device in); kinds
+# registered through the citywatch.devices entry-point group load without being listed here.
+plugins: []
 
 # {n_devices} devices: {counts}.
 devices:

@@ -162,3 +162,52 @@ def test_files_are_up_to_date_with_the_generator() -> None:
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_pedestrian_areas_and_school_gates_lie_half_in_a_fall_zone() -> None:
+    ix = index()
+    sensitive = ix.of_type("pedestrian_area", "school_gate")
+    assert {z.type for z in sensitive} == {"pedestrian_area", "school_gate"}
+    for z in sensitive:
+        overlaps = [to_utm(f.geometry.intersection(z.geometry)).area / to_utm(z.geometry).area
+                    for f in ix.of_type("fall_zone") if f.geometry.intersects(z.geometry)]
+        assert overlaps, z.id
+        assert 0.2 < max(overlaps) < 0.8, z.id  # people walk from outside into it
+        assert not z.hazards  # no alert of its own: the fall zone's turns red
+
+
+def test_every_device_and_hazard_zone_knows_its_grid_cell_and_street() -> None:
+    ix = index()
+    for d in config().devices:
+        cell, street, district = ix.hierarchy_of(*d.position)
+        assert cell is not None and street is not None and district is not None, d.id
+        assert ix.get(cell).parent_id == street
+    for z in ix:
+        if z.hazards or z.type in ("pedestrian_area", "school_gate"):
+            cell, street, district = ix.hierarchy_of_zone(z.id)
+            assert (cell, street, district) != (None, None, None), z.id
+            assert cell is not None and street is not None, z.id
+
+
+def test_maintenance_and_report_alerts_have_routes() -> None:
+    cfg = config()
+    for zone_type in {z.type for z in index()}:
+        route = cfg.route("device_fault", zone_type)
+        assert route is not None
+        assert route.team == "iot-maint-1"
+    for hazard in ("waterlogging", "falling_object", "traffic"):
+        route = cfg.route(hazard, "grid_cell")  # grid workers' reports of their own
+        assert route is not None
+        assert route.department == "gusu-grid-centre"
+    pattern = cfg.route("falling_object_pattern", "fall_zone")
+    assert pattern is not None
+    assert pattern.department == "gusu-building"
+
+
+def test_the_rules_the_district_runs_with() -> None:
+    rules = config().rules
+    assert rules.device_health.enabled
+    assert rules.waterlogging.rain.enabled
+    assert rules.waterlogging.forecast_horizon_s >= 600
+    # 0 until the live pipeline accepts the delay; `citywatch score --reorder-window` sets it.
+    assert rules.event_time.reorder_window_s == 0

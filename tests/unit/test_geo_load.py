@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from shapely.geometry import LineString, Point, box
+from shapely.geometry import LineString, Point, Polygon, box
 
 from geo.crs import to_wgs84
 from geo.errors import GeoError, ZoneError
-from geo.load import load_zones
+from geo.load import load_zones, read_zones
 from tests.geometry_catalogue import (
     BOWTIE,
     CELL,
@@ -22,6 +22,10 @@ from tests.geometry_catalogue import (
     feature,
     write_geojson,
 )
+
+# A ring that runs out and back along one line: make_valid can only make lines of it.
+SLIVER = Polygon([(120.620, 31.32), (120.621, 31.32), (120.622, 31.32), (120.621, 31.32),
+                  (120.620, 31.32)])
 
 
 def load_one_bad(tmp_path: Path, bad: dict[str, object]) -> ZoneError:
@@ -90,7 +94,8 @@ def test_another_crs_is_reprojected_to_wgs84(tmp_path: Path) -> None:
     (feature("z-9", Point(120.62, 31.31)), "zone 'z-9'", "geometry is a Point"),
     (feature("z-9", LineString([(120.62, 31.31), (120.63, 31.31)])), "zone 'z-9'",
      "geometry is a LineString"),
-    (feature("z-9", BOWTIE), "zone 'z-9'", "invalid geometry: Self-intersection["),
+    (feature("z-9", SLIVER), "zone 'z-9'",
+     "invalid geometry: Ring Self-intersection[120.621 31.32]; make_valid leaves no polygon"),
     (feature("z-9", OUT_OF_RANGE), "zone 'z-9'", "coordinates out of lon/lat range"),
     (feature("z-9", CELL, parent_id="nowhere"), "zone 'z-9'",
      "parent_id 'nowhere' is not a zone in this file"),
@@ -102,10 +107,16 @@ def test_each_problem_names_file_zone_and_reason(tmp_path: Path, bad: dict[str, 
     assert reason in str(error)
 
 
-def test_self_intersection_message_has_the_location(tmp_path: Path) -> None:
-    error = load_one_bad(tmp_path, feature("up-03", BOWTIE))
-    # The bow tie crosses itself at its centre.
-    assert "zone 'up-03': invalid geometry: Self-intersection[120.6205 31.3205]" in str(error)
+def test_a_bow_tie_is_repaired_and_the_repair_reported(tmp_path: Path) -> None:
+    path = write_geojson(tmp_path / "z.geojson", [feature("up-03", BOWTIE)])
+    loaded = read_zones(path)
+    (zone,) = loaded.zones
+    assert zone.geometry.is_valid
+    assert zone.geometry.geom_type == "MultiPolygon"  # the two triangles of the bow tie
+    # The bow tie crosses itself at its centre: the report says where.
+    (line,) = loaded.repaired
+    assert "zone 'up-03': repaired invalid geometry (Self-intersection[120.6205 31.3205])" \
+        in line
 
 
 def test_parent_cycle_is_reported(tmp_path: Path) -> None:
@@ -118,7 +129,7 @@ def test_parent_cycle_is_reported(tmp_path: Path) -> None:
 
 def test_all_problems_are_collected(tmp_path: Path) -> None:
     path = write_geojson(tmp_path / "zones.geojson", [
-        feature("up-01", BOWTIE),
+        feature("up-01", SLIVER),
         feature("up-02", SQUARE, "lake"),
         feature(None, CELL),
         feature("fine", DONUT),

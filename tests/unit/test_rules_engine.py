@@ -148,10 +148,10 @@ def test_routing(item: Observation | Detection, expected: list[tuple[str, str, L
     assert ENGINE.current_levels(state) == {(z, h): lvl for z, h, lvl in expected}
 
 
-def test_irrelevant_item_returns_the_same_state() -> None:
+def test_irrelevant_item_leaves_the_rule_states_alone() -> None:
     state, _ = ENGINE.evaluate(EngineState(), water(16))
-    new, changes = ENGINE.evaluate(state, water(16, ["I1", "F1", "X9"]))
-    assert new is state
+    new, changes = ENGINE.evaluate(state, water(17, ["I1", "F1", "X9"], minute=1))
+    assert new.rules is state.rules  # only the event-time bookkeeping moved on
     assert changes == []
 
 
@@ -199,7 +199,7 @@ def test_old_state_survives_evaluate_and_tick() -> None:
                 [("S1", "traffic", ORANGE), ("I1", "traffic", ORANGE)],
                 [("F1", "falling_object", None), ("I1", "traffic", None), ("S1", "traffic", None)],
             ],
-            id="tick-clears-in-key-order",
+            id="tick-clears-in-due-order-ties-by-key",
         ),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,16 @@ from rules.base import AlertChange, Detection, Observation
 from rules.levels import Level
 from rules.params import TrafficParams
 from rules.traffic import TrafficRule, TrafficState
+
+S = TypeVar("S")
+
+
+def one(result: tuple[S, list[AlertChange]]) -> tuple[S, AlertChange | None]:
+    """A rule's (state, changes) as (state, the change or None): one hazard, one change."""
+    state, changes = result
+    assert len(changes) <= 1
+    return state, changes[0] if changes else None
+
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 ORANGE, YELLOW, BLUE = Level.ORANGE, Level.YELLOW, Level.BLUE
@@ -75,9 +86,9 @@ def run(
     changes: list[AlertChange | None] = []
     for item in items:
         if isinstance(item, datetime):
-            state, change = rule.tick(CROSSING, state, item)
+            state, change = one(rule.tick(CROSSING, state, item))
         else:
-            state, change = rule.evaluate(CROSSING, state, item)
+            state, change = one(rule.evaluate(CROSSING, state, item))
         levels.append(state.level)
         changes.append(change)
     return levels, changes, state
@@ -213,10 +224,10 @@ def test_titles() -> None:
     _, changes, _ = run(rule, [spd(0, 20), inc(1, 0.85), tick(31), spd(32, 50)])
     titles = [c.title for c in changes if c is not None]
     assert titles == [
-        "Traffic 20 km/h at Renmin Rd / Ganjiang Rd",
+        "Traffic 20 km/h, occupancy 20 % at Renmin Rd / Ganjiang Rd",
         "Traffic collision at Renmin Rd / Ganjiang Rd (confidence 0.85)",
         "Traffic 20 km/h at Renmin Rd / Ganjiang Rd",
-        "Traffic flowing at Renmin Rd / Ganjiang Rd: 50 km/h",
+        "Traffic flowing at Renmin Rd / Ganjiang Rd: 50 km/h, occupancy 20 %",
     ]
 
 
@@ -229,7 +240,7 @@ def test_irrelevant_items_leave_state_alone() -> None:
         spd(0, math.nan),
         Detection("cam", "camera", T0, "e1", "falling_object", 0.99, None, ("I1",)),
     ):
-        new, change = rule.evaluate(CROSSING, state, item)
+        new, change = one(rule.evaluate(CROSSING, state, item))
         assert new is state
         assert change is None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,16 @@ from rules.base import AlertChange, Detection, Observation
 from rules.levels import Level
 from rules.params import DepthThresholds, WaterloggingParams
 from rules.waterlogging import WaterloggingRule, WaterloggingState
+
+S = TypeVar("S")
+
+
+def one(result: tuple[S, list[AlertChange]]) -> tuple[S, AlertChange | None]:
+    """A rule's (state, changes) as (state, the change or None): one hazard, one change."""
+    state, changes = result
+    assert len(changes) <= 1
+    return state, changes[0] if changes else None
+
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 RED, ORANGE, YELLOW, BLUE = Level.RED, Level.ORANGE, Level.YELLOW, Level.BLUE
@@ -62,7 +73,7 @@ def run(
     levels: list[Level | None] = []
     changes: list[AlertChange | None] = []
     for item in readings:
-        state, change = rule.evaluate(zone, state, item)
+        state, change = one(rule.evaluate(zone, state, item))
         levels.append(state.level)
         changes.append(change)
     return levels, changes, state
@@ -157,7 +168,7 @@ def test_older_or_redelivered_reading_is_ignored() -> None:
     rule = WaterloggingRule(PARAMS)
     _, _, state = run(rule, UNDERPASS, [obs(12, minute=5, seq=50)])
     for stale in (obs(0, minute=4, seq=40), obs(0, minute=5, seq=50)):
-        new, change = rule.evaluate(UNDERPASS, state, stale)
+        new, change = one(rule.evaluate(UNDERPASS, state, stale))
         assert new is state
         assert change is None
 
@@ -184,7 +195,7 @@ def test_device_reboot_with_lower_seq_but_newer_time_counts() -> None:
 def test_irrelevant_items_leave_state_alone(item: Observation | Detection) -> None:
     rule = WaterloggingRule(PARAMS)
     state = WaterloggingState(level=YELLOW)
-    new, change = rule.evaluate(UNDERPASS, state, item)
+    new, change = one(rule.evaluate(UNDERPASS, state, item))
     assert new is state
     assert change is None
 
@@ -212,7 +223,7 @@ def test_clear_change() -> None:
 def test_tick_changes_nothing() -> None:
     rule = WaterloggingRule(PARAMS)
     _, _, state = run(rule, UNDERPASS, [obs(35)])
-    assert rule.tick(UNDERPASS, state, T0 + timedelta(days=1)) == (state, None)
+    assert rule.tick(UNDERPASS, state, T0 + timedelta(days=1)) == (state, [])
 
 
 def test_zone_type_without_thresholds_is_rejected() -> None:
