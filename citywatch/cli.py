@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -46,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             from citywatch.replay import command as replay_command
             return replay_command(config, args)
+        if args.command == "funnel":
+            from citywatch.funnel import command as funnel_command
+            return funnel_command(config, args.scenario, args.seed, args.server)
         return _simulate(config, args)
     except StartupError as exc:
         print(f"citywatch: {exc}", file=sys.stderr)
@@ -124,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="from this time (RFC 3339, or a duration back from now: 6h, 2d)")
     s.add_argument("--until", default=None, help="up to this time (RFC 3339)")
     s.add_argument("--alerts", action="store_true", help="list every alert change of --config")
+    s = sub.add_parser(
+        "funnel", parents=[common], help="a scenario's funnel: messages -> alerts -> orders",
+        description="Run a scenario offline through the whole pipeline (decoding, storage, "
+        "rules, alerts, work orders) on a scratch database, and count raw messages, alert "
+        "changes, incidents and work orders, matched against the scenario's ground truth.")
+    s.add_argument("scenario", help="scenario name, e.g. storm or mixed")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--server", default=os.environ.get(
+        "CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="PostgreSQL server to create the scratch database on (CITYWATCH_TEST_PG)")
     return p
 
 

@@ -117,6 +117,7 @@ def run_funnel(config: Config, db_url: str, scenario: str,
             pending = []
     if pending:
         pipeline.process(pending)
+    pipeline.close()
     c = pipeline.counts
     out.messages, out.stored, out.rejected = c.received, c.stored, c.rejected
     m = pipeline._metrics
@@ -150,3 +151,22 @@ def match_truth(out: Funnel, truth: GroundTruth,
         else:
             out.missing.append(f"{h.hazard}@{h.zone_id}")
     out.extra = [f"{oid} {hazard}@{zone}" for oid, zone, hazard, _ in orders if oid not in used]
+
+
+def command(config: Config, scenario: str, seed: int | None, server: str) -> int:
+    """``citywatch funnel SCENARIO``: run it offline through the pipeline and print the funnel."""
+    from citywatch import score
+    from simulators.runner import Simulation
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    sim = Simulation(config, scenario, seed=config.simulator.seed if seed is None else seed,
+                     speed=None, start=start)
+    end = score._scenario_end(sim)
+    messages = [(topic, payload) for _t, topic, payload in score._messages(sim, end)]
+    truth = score._sim_truth(sim)
+    print(f"{scenario}: {len(messages):,} messages over {end - start} simulated; running them "
+          "through the pipeline on a scratch database ...", flush=True)
+    with scratch_database(server) as db:
+        out = run_funnel(config, db, scenario, messages, end - start, truth)
+    print(out.table())
+    return 0

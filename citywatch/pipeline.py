@@ -148,6 +148,11 @@ class Pipeline:
         if self._conn is not None:
             self._conn.close()
 
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def _take_batch(self) -> list[Inbound]:
         try:
             first = self._queue.get(timeout=0.2)
