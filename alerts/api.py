@@ -59,6 +59,8 @@ class ApiDeps:
     alert_store: store.AlertStore | None = None  # dispatches to a newly assigned team
     departments: Mapping[str, str] = field(default_factory=dict)  # id -> name, for Open311
     cap_sender: str = "citywatch@gusu.suzhou.example"
+    # zone -> hazard -> level (1-4), "clear" or "unknown": what the rules know right now
+    zone_risk: Callable[[], Mapping[str, Mapping[str, Any]]] = dict
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
@@ -97,11 +99,14 @@ def create_app(deps: ApiDeps) -> FastAPI:
     def zones() -> dict[str, Any]:
         with conn() as c:
             levels = store.zone_levels(c)
+        risk = deps.zone_risk()
         return {"type": "FeatureCollection", "features": [
             {"type": "Feature", "id": z.id, "geometry": mapping(z.geometry),
              "properties": {"id": z.id, "name": z.name, "type": z.type,
                             "hazards": list(z.hazards), "parent_id": z.parent_id,
-                            "level": levels.get(z.id)}}
+                            "level": levels.get(z.id),
+                            # additive: "unknown" when no trusted sensor covers the hazard
+                            "risk": dict(risk.get(z.id, {}))}}
             for z in deps.zones]}
 
     @app.get("/api/devices")

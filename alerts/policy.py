@@ -87,5 +87,7 @@ INSTRUCTIONS = {
     "falling_object": "Cordon the area at the foot of the building; find the floor and the source "
                       "with building management; keep pedestrians away.",
     "traffic": "Check the road on site; direct traffic and clear the blockage.",
+    "falling_object_pattern": "Repeated objects from this building: with its management, find "
+                              "the floor and the person; post notices; keep the area cordoned.",
     "device_fault": "Inspect the device: its readings are not trusted until it is repaired.",
 }

@@ -260,6 +260,10 @@ class AlertStore:
             else:
                 alert_id, old_sev, order_id = row
                 if old_sev == int(ch.level):
+                    if evidence:  # corroboration (a grid report, a second camera): keep it
+                        cur.execute("UPDATE alerts SET evidence = evidence || %s::jsonb, "
+                                    "updated = %s WHERE id = %s",
+                                    (_json(evidence), ch.ts, alert_id))
                     continue
                 cur.execute("UPDATE alerts SET severity = %s, title = %s, updated = %s, "
                             "evidence = evidence || %s::jsonb WHERE id = %s",

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from alerts.store import AlertStore, Route
 from citywatch.config import Config
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
+from citywatch.placement import Placement
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from geo.zones import Zone
@@ -52,7 +53,9 @@ def build_decoder(cfg: Config) -> Decoder:
 
 
 def build_engine(cfg: Config, zones: Sequence[Zone]) -> Engine:
-    return Engine(cfg.rules, {z.id: z for z in zones})
+    """The rules with the device registry: device health compares neighbours, finds silence."""
+    placement = Placement(ZoneIndex(zones), {d.id: (d.kind, d.position) for d in cfg.devices})
+    return Engine(cfg.rules, {z.id: z for z in zones}, placement.sites())
 
 
 def build_alert_store(cfg: Config, zones: Sequence[Zone]) -> tuple[AlertStore, WorkerLocator]:
@@ -128,7 +131,7 @@ class Service:
         log.info("storage: %s; %d zones; %d devices; %d open alerts restored",
                  self.storage_mode, len(zones), len(cfg.devices), len(levels))
 
-        engine = build_engine(cfg, zones)
+        engine = self._engine = build_engine(cfg, zones)
         state = engine.restore(levels)
         self.alert_store, self.workers = build_alert_store(cfg, zones)
         self._link = MqttLink(
@@ -227,7 +230,8 @@ class Service:
                        team_ids=frozenset(t.id for t in self.config.teams),
                        alert_store=self.alert_store,
                        thresholds=self.config.rules.model_dump(mode="json"),
-                       departments={d.id: d.name for d in self.config.departments})
+                       departments={d.id: d.name for d in self.config.departments},
+                       zone_risk=self.zone_risk)
         app = create_app(deps)
         config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,
                                 log_level="warning", access_log=False)
@@ -254,6 +258,12 @@ class Service:
             t.join(timeout=5)
         self._link.stop()
 
+    def zone_risk(self) -> dict[str, dict[str, str | int]]:
+        """Per zone and hazard: the level (1-4), "clear", or "unknown" (no trusted sensor)."""
+        risk = self._engine.zone_risk(self.pipeline.state)
+        return {z: {h: (int(v) if isinstance(v, Level) else v) for h, v in r.items()}
+                for z, r in risk.items()}
+
     # --- health -------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         c = self.pipeline.counts
@@ -275,6 +285,8 @@ class Service:
                        "rejected": c.rejected, **counts,
                        "dispatched": self._outbox.sent},
             "rejected_by_reason": dict(c.rejected_by_reason),
+            "rules": asdict(self.pipeline.state.counts),
+            "faulty_devices": sorted(self._engine.faulty_devices(self.pipeline.state)),
         }
 
 

@@ -679,7 +679,8 @@ KIND_NOTES = {
 def config_text(zones: list[OutZone], devices: list[dict[str, Any]]) -> str:
     streets = [z for z in zones if z.type == "street"]
     street_depts = "\n".join(
-        f"  - {{id: office-{s.id}, name: {s.name.split(' (')[0]} Office, level: street}}"
+        f"  - {{id: office-{s.id}, name: {s.name.split(' (')[0]} Office, level: street, "
+        f"zone_id: {s.id}}}"
         for s in streets)
     street_teams = "\n".join(
         f"  - {{id: street-{s.id}-1, name: {s.name.split(' (')[0]} duty team, "

@@ -130,9 +130,11 @@ class Clock:
         return ts if self.wall0 is None else self.wall0 + (ts - self.sim0) / self.speed
 
     def text(self, ts: datetime) -> str:
-        us = (ts - self.sim0) // _US
+        delta = ts - self.sim0
         if self.wall0 is not None:
-            us = int(us / self.speed)
+            # The same rounding as stamp(): timedelta division rounds to the microsecond.
+            delta = delta / self.speed
+        us = delta // _US
         sec, rem = divmod(self._base_us + us, 1_000_000)
         prefix = self._seconds.get(sec)
         if prefix is None:
