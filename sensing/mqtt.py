@@ -80,6 +80,7 @@ class MqttLink:
         self._keepalive = keepalive_s
         self.connected = threading.Event()
         self.connects = 0
+        self._stopping = False
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
@@ -110,6 +111,7 @@ class MqttLink:
         self._client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -139,7 +141,7 @@ class MqttLink:
     def _handle_disconnect(self, _client: mqtt.Client, _userdata: object,
                            _flags: mqtt.DisconnectFlags, reason: ReasonCode,
                            _props: Properties | None) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             log.warning("lost the broker (%s); reconnecting with backoff", reason)
         self.connected.clear()
 
