@@ -24,16 +24,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
-from psycopg import sql
 
 from citywatch.config import Config, load_config
 from citywatch.embedded import start_broker
 from citywatch.service import Endpoints, Service
+from sensing.scratch import scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,19 +125,10 @@ def main() -> int:
     config = load_config(REPO / "config.yaml", env={})
     items = messages(config, args.messages)
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"citywatch_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    db_url = urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    try:
-        with tempfile.TemporaryDirectory() as tmp, start_broker(Path(tmp)) as broker:
-            base = broker_only(broker.url, items)
-            rate, _ = pipeline(config, broker.url, db_url, items)
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s", (name,))
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    with (scratch_database(server, "citywatch_bench") as db_url,
+          tempfile.TemporaryDirectory() as tmp, start_broker(Path(tmp)) as broker):
+        base = broker_only(broker.url, items)
+        rate, _ = pipeline(config, broker.url, db_url, items)
     print(f"machine: {os.cpu_count()} cores; broker: {broker.kind} with citywatch/mosquitto.conf")
     print(f"broker only (publish -> QoS 1 subscriber): {base:,.0f} msg/s")
     print(f"whole pipeline (publish -> stored, ruled, acked): {rate:,.0f} msg/s "

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, uninstalled
 
 from sensing import store
 from sensing.models import Telemetry
+from sensing.scratch import scratch_database
 
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
 DEVICES = 42  # ground monitors in the case-study district
@@ -43,22 +40,6 @@ def readings(count: int, first_seq: int = 0) -> Iterator[Telemetry]:
             seq=seq,
             values={"water_depth_cm": (n % 500) / 10, "battery_v": 3.6},
         )
-
-
-@contextmanager
-def scratch_database(server: str) -> Iterator[str]:
-    name = f"citywatch_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-        finally:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
 
 
 def bench_batched(conn: psycopg.Connection[Any], rows: int, batch: int) -> float:

@@ -8,26 +8,27 @@ one order per real incident.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
 
 from alerts import store as alert_store
 from citywatch.config import Config
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline
-from citywatch.service import build_alert_store, build_decoder, build_engine
-from geo.index import ZoneIndex
+from citywatch.service import (
+    build_alert_store,
+    build_decoder,
+    build_engine,
+    build_placement,
+)
 from geo.load import load_zones
 from sensing import store as sensing_store
 from sensing.mqtt import Inbound
+from sensing.scratch import scratch_database
 from simulators.truth import GroundTruth
 
 STAFF = 10  # the case study's ten operators
@@ -77,35 +78,21 @@ class Funnel:
         return "\n".join(lines)
 
 
-@contextmanager
-def scratch_database(server: str) -> Iterator[str]:
-    name = f"citywatch_funnel_{secrets.token_hex(4)}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
 def run_funnel(config: Config, db_url: str, scenario: str,
                messages: Iterable[tuple[str, bytes]], simulated: timedelta,
                truth: GroundTruth | None = None, batch: int = 500) -> Funnel:
     zones = load_zones(config.zones_path)
-    index = ZoneIndex(zones)
+    placement = build_placement(config, zones)
     with psycopg.connect(db_url, autocommit=True) as conn:
         sensing_store.migrate(conn, retention_days=config.database.retention_days)
         alert_store.migrate(conn)
-    engine = build_engine(config, zones)
+    engine = build_engine(config, zones, placement)
     store_, workers = build_alert_store(config, zones)
     clock_now = [datetime.now(UTC)]
     pipeline = Pipeline(
         conninfo=db_url, decoder=build_decoder(config), engine=engine,
-        state=engine.restore({}), index=index, devices={d.id: d.position for d in config.devices},
-        alert_store=store_, ack=lambda _mids: None, dead_letter=lambda _r: None,
+        state=engine.restore({}), placement=placement, alert_store=store_,
+        ack=lambda _mids: None, dead_letter=lambda _r: None,
         on_committed=lambda: None, metrics=Metrics(), clock=lambda: clock_now[0],
         workers=workers)
     out = Funnel(scenario, simulated)

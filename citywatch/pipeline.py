@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +24,7 @@ import psycopg
 
 from alerts.store import AckRefused, AlertStore, Applied
 from citywatch.metrics import Metrics
-from geo.index import ZoneIndex
+from citywatch.placement import Placement
 from rules.base import AlertChange, Detection, Observation
 from rules.engine import Engine, EngineState
 from rules.levels import HAZARDS as HAZARD_NAMES
@@ -102,7 +102,7 @@ class BatchOutcome:
 
 class Pipeline:
     def __init__(self, *, conninfo: str, decoder: Decoder, engine: Engine, state: EngineState,
-                 index: ZoneIndex, devices: Mapping[str, Position], alert_store: AlertStore,
+                 placement: Placement, alert_store: AlertStore,
                  ack: Callable[[Sequence[tuple[int, int]]], None],
                  dead_letter: Callable[[Rejection], None], on_committed: Callable[[], None],
                  metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.05,
@@ -112,9 +112,7 @@ class Pipeline:
         self._decoder = decoder
         self._engine = engine
         self.state = state
-        self._index = index
-        self._device_pos = dict(devices)
-        self._device_zones = {d: index.zones_at(*p) for d, p in devices.items()}
+        self._placement = placement
         self._alerts = alert_store
         self._ack = ack
         self._dead_letter = dead_letter
@@ -256,16 +254,18 @@ class Pipeline:
                 for t in result.new_telemetry:
                     if t.kind == "grid" and t.loc is not None:
                         self._workers.saw(t.device_id, t.loc, t.ts)
-            state, changes = self._evaluate(result.new_telemetry, result.new_events)
+            items = self._placement.place_many([*result.new_telemetry, *result.new_events])
+            state, changes = self._evaluate(items)
             applied = self._alerts.apply_changes(cur, changes)
-            for e in result.new_events:
-                if e.type == "report" and e.body.get("category") in HAZARD_NAMES:
-                    zones = self._detection(e).zone_ids
-                    if self._alerts.attach_report(
-                            cur, str(e.body["category"]), zones,
-                            {"device_id": e.device_id, "event_id": e.event_id,
-                             "text": e.body.get("text", ""), "ts": e.ts.isoformat()}, e.ts):
-                        applied.reports_merged += 1
+            for item in items:
+                category = item.attrs.get("category") if isinstance(item, Detection) else None
+                if (isinstance(item, Detection) and item.type == "report"
+                        and category in HAZARD_NAMES and self._alerts.attach_report(
+                            cur, str(category), item.zone_ids,
+                            {"device_id": item.device_id, "event_id": item.event_id,
+                             "text": item.attrs.get("text", ""), "ts": item.ts.isoformat()},
+                            item.ts)):
+                    applied.reports_merged += 1
             for m, ack in acks:
                 try:
                     with conn.transaction():
@@ -281,11 +281,9 @@ class Pipeline:
         new = len(result.new_telemetry) + len(result.new_events)
         return BatchOutcome(state, applied, rejected, new, len(readings) - new)
 
-    def _evaluate(self, telemetry: Iterable[Telemetry], events: Iterable[Event]
+    def _evaluate(self, placed: Sequence[Observation | Detection]
                   ) -> tuple[EngineState, list[AlertChange]]:
-        items: list[Observation | Detection] = [self._observation(t) for t in telemetry]
-        items += [self._detection(e) for e in events]
-        items.sort(key=lambda i: i.ts)
+        items = sorted(placed, key=lambda i: i.ts)  # stable: readings before events on ties
         state = self.state
         changes: list[AlertChange] = []
         for item in items:
@@ -297,18 +295,6 @@ class Pipeline:
             state, ch = self._engine.tick(state, self._watermark)
             changes += ch
         return state, changes
-
-    def _observation(self, t: Telemetry) -> Observation:
-        pos = t.loc or self._device_pos.get(t.device_id)
-        zones = (self._index.zones_at(*t.loc) if t.loc is not None
-                 else self._device_zones.get(t.device_id, ()))
-        return Observation(t.device_id, t.kind, t.ts, t.seq, t.values, pos, zones)
-
-    def _detection(self, e: Event) -> Detection:
-        pos = e.loc or self._device_pos.get(e.device_id)
-        zones = self._index.zones_at(*pos) if pos is not None else ()
-        return Detection(e.device_id, e.kind, e.ts, e.event_id, e.type, e.confidence, pos,
-                         zones, dict(e.body))
 
     def _count(self, decoded: Sequence[tuple[Inbound, object]], outcome: BatchOutcome) -> None:
         m, c, applied = self._metrics, self.counts, outcome.applied

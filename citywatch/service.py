@@ -52,9 +52,13 @@ def build_decoder(cfg: Config) -> Decoder:
     return Decoder({d.id: d.kind for d in cfg.devices}, kinds)
 
 
-def build_engine(cfg: Config, zones: Sequence[Zone]) -> Engine:
+def build_placement(cfg: Config, zones: Sequence[Zone]) -> Placement:
+    """The zone index and the registry's devices placed in it, built once at start."""
+    return Placement(ZoneIndex(zones), {d.id: (d.kind, d.position) for d in cfg.devices})
+
+
+def build_engine(cfg: Config, zones: Sequence[Zone], placement: Placement) -> Engine:
     """The rules with the device registry: device health compares neighbours, finds silence."""
-    placement = Placement(ZoneIndex(zones), {d.id: (d.kind, d.position) for d in cfg.devices})
     return Engine(cfg.rules, {z.id: z for z in zones}, placement.sites())
 
 
@@ -114,8 +118,7 @@ class Service:
     def start(self) -> None:
         cfg = self.config
         zones = load_zones(cfg.zones_path)
-        index = ZoneIndex(zones)
-        positions = {d.id: d.position for d in cfg.devices}
+        placement = build_placement(cfg, zones)
         db = self.endpoints.database_url
         with psycopg.connect(db, autocommit=True) as conn:
             mode = sensing_store.migrate(conn, retention_days=cfg.database.retention_days)
@@ -125,13 +128,14 @@ class Service:
                 log.warning("TimescaleDB feature unavailable: %s", step)
             alert_store.migrate(conn)
             sensing_store.upsert_devices(conn, [
-                sensing_store.DeviceSpec(d.id, d.kind, d.position, index.zones_at(*d.position))
+                sensing_store.DeviceSpec(d.id, d.kind, d.position,
+                                         placement.device_zones(d.id))
                 for d in cfg.devices])
             levels = alert_store.open_levels(conn)
         log.info("storage: %s; %d zones; %d devices; %d open alerts restored",
                  self.storage_mode, len(zones), len(cfg.devices), len(levels))
 
-        engine = self._engine = build_engine(cfg, zones)
+        engine = self._engine = build_engine(cfg, zones, placement)
         state = engine.restore(levels)
         self.alert_store, self.workers = build_alert_store(cfg, zones)
         self._link = MqttLink(
@@ -145,7 +149,7 @@ class Service:
                 "dispatch" if topic.startswith("city/dispatch/") else "zone_state").inc())
         self.pipeline = Pipeline(
             conninfo=db, decoder=build_decoder(cfg), engine=engine,
-            state=state, index=index, devices=positions, alert_store=self.alert_store,
+            state=state, placement=placement, alert_store=self.alert_store,
             ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
             metrics=self.metrics, batch_max=cfg.database.batch_max,
             batch_wait_s=cfg.database.batch_wait_ms / 1000, workers=self.workers)

@@ -8,7 +8,6 @@ databases from; default the local ``postgres`` database). Unreachable: the tests
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +17,7 @@ import pytest
 from psycopg import sql
 
 from sensing import store
+from sensing.scratch import scratch_database
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -57,19 +57,10 @@ def db_url() -> Iterator[str]:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         unavailable(f"PostgreSQL unreachable at {redact(server)} (set CITYWATCH_TEST_PG): {exc}")
-    name = f"citywatch_test_{secrets.token_hex(6)}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield with_dbname(server, name)
-        finally:
-            # Terminate first: a leaked connection would make DROP DATABASE fail.
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    admin.close()
+    with_dbname(server, "check")  # a non-postgresql URI fails here, with its reason
+    with scratch_database(server, "citywatch_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -114,17 +105,6 @@ def truncate_all(conn: psycopg.Connection[Any]) -> None:
 @pytest.fixture
 def fresh_db_url(db_url: str) -> Iterator[str]:
     """Another empty database on the same server, for a test that needs its own (a service)."""
-    server = os.environ.get("CITYWATCH_TEST_PG", DEFAULT_SERVER)
-    name = f"citywatch_test_{secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_dbname(server, name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    with scratch_database(os.environ.get("CITYWATCH_TEST_PG", DEFAULT_SERVER),
+                          "citywatch_test") as url:
+        yield url

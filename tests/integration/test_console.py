@@ -7,10 +7,8 @@ under ``CI=true`` that is a failure (``scripts/ensure-services.sh`` installs Chr
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,14 +19,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
-import citywatch.service as service_module
 from alerts.stream import ChangeFeed
 from citywatch.config import Config, load_config
 from citywatch.service import Endpoints, Service
+from sensing.scratch import scratch_database
 from tests.fix_broker import connect
-from tests.fix_db import DEFAULT_SERVER, unavailable, with_dbname
+from tests.fix_db import DEFAULT_SERVER, unavailable
+from tests.integration.test_pipeline_e2e import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +54,9 @@ def config() -> Config:
 @pytest.fixture(scope="module")
 def console_db(db_url: str) -> Iterator[str]:
     """A database of this module's own (``db_url`` first: it skips when PostgreSQL is absent)."""
-    server = os.environ.get("CITYWATCH_TEST_PG", DEFAULT_SERVER)
-    name = f"citywatch_console_{secrets.token_hex(5)}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_dbname(server, name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                          " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    with scratch_database(os.environ.get("CITYWATCH_TEST_PG", DEFAULT_SERVER),
+                          "citywatch_console") as url:
+        yield url
 
 
 class Console:
@@ -79,16 +69,9 @@ class Console:
         self.port = 0
 
     def start(self) -> None:
-        # The charts draw the rules' thresholds, which the API takes from ApiDeps.thresholds.
-        # Until citywatch/service.py passes them itself, give them here; if it does, its own
-        # keyword wins over this default.
-        deps = functools.partial(service_module.ApiDeps,
-                                 thresholds=self.config.rules.model_dump())
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(service_module, "ApiDeps", deps)
-            self.service = Service(self.config, Endpoints(self.broker_url, self.db_url),
-                                   http_port=self.port, client_id=self.client_id)
-            self.service.start()
+        self.service = Service(self.config, Endpoints(self.broker_url, self.db_url),
+                               http_port=self.port, client_id=self.client_id)
+        self.service.start()
         assert self.service._link.connected.wait(10), "engine did not connect to the broker"
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -114,17 +97,6 @@ def console(config: Config, broker_url: str, console_db: str) -> Iterator[Consol
     c.start()
     yield c
     c.stop()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
 _seq = iter(range(1, 1_000_000))
