@@ -252,10 +252,13 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._pool is not None:
-            self._pool.close()  # first: it ends open event streams, so the server can exit
         if self._server is not None:
             self._server.should_exit = True
+            # uvicorn checks the flag every 0.1 s and then stops listening; only after that is
+            # the pool closed (which ends open event streams), so no request meets a closed pool.
+            time.sleep(0.3)
+        if self._pool is not None:
+            self._pool.close()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         for t in self._threads:
