@@ -53,6 +53,9 @@ class DatabaseConfig(_Strict):
     batch_wait_ms: int = Field(default=50, ge=0, description="how long a batch may wait to fill")
     retention_days: int = Field(default=90, ge=1,
                                 description="telemetry older than this is dropped")
+    outbox_keep_days: int = Field(
+        default=7, ge=1, description="a published outbox row (dispatch, zone state) is deleted "
+        "this many days after it was sent; an unsent one is never deleted")
 
     @field_validator("url")
     @classmethod
@@ -153,6 +156,21 @@ class WorkOrdersConfig(_Strict):
         default=3, ge=1, description="sends before an unacknowledged dispatch escalates")
     check_every_s: float = Field(
         default=5, gt=0, description="how often deadlines and dispatches are checked")
+    keep_days: int = Field(
+        default=1830, ge=1, description="a resolved or closed order, with its history, "
+        "dispatches and alerts, is deleted this many days after it was last touched; 5 years "
+        "outlives the 3-year limitation period for damage claims (PRC Civil Code art. 188) and "
+        "leaves year-on-year comparisons")
+    evidence_keep_first: int = Field(
+        default=20, ge=1, description="evidence entries kept from the start of an alert (what "
+        "raised it)")
+    evidence_keep_last: int = Field(
+        default=80, ge=1, description="newest evidence entries kept; those between are dropped "
+        "and counted in the alert's evidence_dropped")
+    history_repeats_max: int = Field(
+        default=50, ge=1, description="repetitive system lines per order (report merged, "
+        "dispatch repeated, level eased, hazard back) listed in its history; later ones are "
+        "counted in one summary line. State changes and people's answers are always kept")
 
     @field_validator("respond_within_min", "resolve_within_min")
     @classmethod

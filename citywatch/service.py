@@ -20,6 +20,7 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg_pool import ConnectionPool
 
+from alerts import retention as alert_retention
 from alerts import store as alert_store
 from alerts.api import ApiDeps, create_app
 from alerts.dispatch import OutboxPublisher
@@ -76,7 +77,9 @@ def build_alert_store(cfg: Config, zones: Sequence[Zone]) -> tuple[AlertStore, W
     policy = Policy.from_minutes({str(k): v for k, v in wo.respond_within_min.items()},
                                  {str(k): v for k, v in wo.resolve_within_min.items()},
                                  wo.reopen_window_min, wo.dispatch_retry_s,
-                                 wo.dispatch_attempts)
+                                 wo.dispatch_attempts, evidence_keep_first=wo.evidence_keep_first,
+                                 evidence_keep_last=wo.evidence_keep_last,
+                                 history_repeats_max=wo.history_repeats_max)
     first_team: dict[str, str] = {}
     for t in cfg.teams:
         first_team.setdefault(t.department, t.id)
@@ -220,6 +223,10 @@ class Service:
         sched.add_job(retention, "interval", hours=6, id="retention", coalesce=True,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=30))
         sched.add_job(nudge_outbox, "interval", seconds=2, id="outbox", coalesce=True)
+        keep = alert_retention.Retention(cfg.database.outbox_keep_days, cfg.work_orders.keep_days)
+        sched.add_job(lambda: alert_retention.run(db, keep, datetime.now(UTC)), "interval",
+                      hours=6, id="alert-retention", coalesce=True, max_instances=1,
+                      next_run_time=datetime.now(UTC) + timedelta(seconds=45))
         sched.add_job(deadlines, "interval", seconds=cfg.work_orders.check_every_s,
                       id="deadlines", coalesce=True, max_instances=1)
         sched.start()
