@@ -144,6 +144,7 @@ class Pipeline:
         # One batch or one tick at a time: both read self.state and replace it after a commit.
         self._lock = threading.RLock()
         self._last_input = clock()  # server time of the last batch (or of the start)
+        self._batched = False  # until a batch tells, the fleet's lag is unknown
 
     # paho's network thread calls this: hand on, nothing else.
     def submit(self, message: Inbound) -> None:
@@ -171,13 +172,14 @@ class Pipeline:
     # --- the server's clock ---------------------------------------------------------------
     def caught_up(self, allowance: timedelta) -> bool:
         """Whether the rules may move on the server's clock: nothing queued or in flight, and
-        either nothing arrived for ``allowance`` or the last batches were current (the fleet's
-        lag within ``allowance``). While a backlog drains, its own readings move event time:
-        a tick then would find the whole fleet silent and the backlog revive it."""
+        either nothing arrived for ``allowance`` (since the last batch, or the start: a broker
+        sends a waiting backlog at once) or the last batches were current (the fleet's lag
+        within ``allowance``). While a backlog drains, its own readings move event time: a tick
+        then would find the whole fleet silent and the backlog revive it."""
         if self._queue.unfinished_tasks:
             return False
         return (self._clock() - self._last_input >= allowance
-                or self.clocks.fleet_lag <= allowance)
+                or (self._batched and self.clocks.fleet_lag <= allowance))
 
     def tick(self, allowance: timedelta) -> bool:
         """Advance the rules to the server's clock less ``allowance`` (the engine holds its
@@ -282,6 +284,7 @@ class Pipeline:
         self.state = outcome.state
         self.clocks = outcome.clock_state
         self._last_input = now
+        self._batched = self._batched or outcome.newest is not None  # readings: a fleet lag
         self._ack([(m.mid, m.qos) for m in batch])
         self._clocks_changed(outcome.clock_changes)
         for rej in outcome.rejected:
