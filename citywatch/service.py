@@ -115,7 +115,7 @@ class Service:
     For tests: pass a clock you control and call ``tick()`` to move the rules at once, as the
     scheduled job does every ``clocks.tick_every_s``. Twenty minutes of silence, for example::
 
-        clock = ShiftedClock()                  # datetime.now(UTC) + an offset you advance
+        clock = ShiftedClock()                  # tests/fix_clock.py: now + an offset
         svc = Service(cfg, endpoints, http_port=0, clock=clock)
         ...                                     # readings stamped with clock(), then stored
         clock.advance(timedelta(minutes=20))
