@@ -79,6 +79,26 @@ class PresenceConfig(_Strict):
                                      description="no telemetry this long: offline")
 
 
+class ClocksConfig(_Strict):
+    """The server's clock against the devices': time moves when no reading arrives, and a
+    device whose clock is off is evaluated on the server's timeline (stored as sent)."""
+
+    tick_every_s: float = Field(
+        default=5, gt=0, description="how often the rules are moved on the server's clock "
+        "(silence, timed clears) when no reading moves them")
+    allowance_s: float = Field(
+        default=30, ge=0, description="the rules are moved to the server's clock less this, so "
+        "a reading in transit this long is still on time (the reorder window comes on top); "
+        "no tick runs while a backlog older than this drains")
+    skew_tolerance_s: float = Field(
+        default=60, gt=0, description="a device whose clock is further than this ahead of or "
+        "behind the fleet's is corrected (and flagged in health)")
+    skew_confirm_s: float = Field(
+        default=60, ge=0, description="a device behind the fleet is corrected once its offset "
+        "has held this long, so that its own backlog is not taken for a slow clock; ahead is "
+        "corrected at once")
+
+
 class Department(_Strict):
     id: str
     name: str
@@ -196,6 +216,7 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     zones: ZonesConfig
     presence: PresenceConfig = PresenceConfig()
+    clocks: ClocksConfig = ClocksConfig()
     rules: RulesParams
     departments: tuple[Department, ...]
     teams: tuple[Team, ...]

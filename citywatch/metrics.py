@@ -37,6 +37,15 @@ class Metrics:
                               ["action"], registry=r)
         self.queue_depth = Gauge("citywatch_ingest_queue", "messages waiting to be stored",
                                  registry=r)
+        self.ticks = Counter("citywatch_rule_ticks", "the rules moved on the server's clock: "
+                             "ran, skipped (a backlog draining) or failed (database)",
+                             ["outcome"], registry=r)
+        self.clock_corrected = Gauge("citywatch_devices_clock_corrected",
+                                     "devices whose clocks are off: readings stored as sent, "
+                                     "evaluated on the server's timeline", registry=r)
+        self.clock_corrections = Counter("citywatch_device_clock_corrections",
+                                         "times a device's clock correction started or changed",
+                                         registry=r)
 
     def total(self, counter: Counter) -> int:
         return int(sum(s.value for m in counter.collect() for s in m.samples

@@ -6,6 +6,11 @@ through the pure rules, and write the resulting alerts, work orders and outbox r
 the commit are the messages acknowledged to the broker and the new rule state adopted. A crash at
 any point therefore either loses nothing (the broker redelivers) or duplicates nothing (the
 redelivered messages are recognised as already stored and are not evaluated again).
+
+Readings are stored with their devices' own time stamps and evaluated on the server's timeline
+(``citywatch.clocks``: a device whose clock is off is corrected). When no reading arrives,
+``tick`` moves the rules on the server's clock (silence, timed clears), through the same path:
+one transaction, then the new state. A lock keeps a tick and a batch from overlapping.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from alerts.store import AckRefused, AlertStore, Applied
+from citywatch import clocks
 from citywatch.metrics import Metrics
 from citywatch.placement import Placement
 from rules.base import AlertChange, Detection, Observation
@@ -98,6 +104,9 @@ class BatchOutcome:
     rejected: list[Rejection]
     new: int
     duplicates: int
+    clock_state: clocks.ClockState
+    clock_changes: list[clocks.ClockChange]
+    newest: datetime | None  # the newest reading, on the server's timeline
 
 
 class Pipeline:
@@ -107,7 +116,8 @@ class Pipeline:
                  dead_letter: Callable[[Rejection], None], on_committed: Callable[[], None],
                  metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.05,
                  workers: WorkerLocator | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 clock_params: clocks.ClockParams = clocks.DEFAULT_PARAMS) -> None:
         self._conninfo = conninfo
         self._decoder = decoder
         self._engine = engine
@@ -129,6 +139,12 @@ class Pipeline:
         self._watermark: datetime | None = None
         self.counts = Counts()
         self.idle = threading.Event()
+        self.clocks = clocks.ClockState()
+        self._clock_params = clock_params
+        # One batch or one tick at a time: both read self.state and replace it after a commit.
+        self._lock = threading.RLock()
+        self._last_input = clock()  # server time of the last batch (or of the start)
+        self._batched = False  # until a batch tells, the fleet's lag is unknown
 
     # paho's network thread calls this: hand on, nothing else.
     def submit(self, message: Inbound) -> None:
@@ -143,13 +159,64 @@ class Pipeline:
                 continue
             self.idle.clear()
             self._process_until_stored(batch, stop)
-        if self._conn is not None:
-            self._conn.close()
+            for _ in batch:
+                self._queue.task_done()  # unfinished_tasks: queued or in flight (see caught_up)
+        self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:  # a tick may be using the connection
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # --- the server's clock ---------------------------------------------------------------
+    def caught_up(self, allowance: timedelta) -> bool:
+        """Whether the rules may move on the server's clock: nothing queued or in flight, and
+        either nothing arrived for ``allowance`` (since the last batch, or the start: a broker
+        sends a waiting backlog at once) or the last batches were current (the fleet's lag
+        within ``allowance``). While a backlog drains, its own readings move event time: a tick
+        then would find the whole fleet silent and the backlog revive it."""
+        if self._queue.unfinished_tasks:
+            return False
+        return (self._clock() - self._last_input >= allowance
+                or (self._batched and self.clocks.fleet_lag <= allowance))
+
+    def tick(self, allowance: timedelta) -> bool:
+        """Advance the rules to the server's clock less ``allowance`` (the engine holds its
+        reorder window back on top): silence, timed clears, held readings. Like a batch, the
+        changes are written in one transaction and only then is the new state adopted; on a
+        database error nothing is adopted and the next tick tries again. Returns whether it ran
+        (not while a backlog drains, nor when the database refused)."""
+        with self._lock:
+            if not self.caught_up(allowance):
+                self._metrics.ticks.labels("skipped").inc()
+                return False
+            now = self._clock()
+            state, changes = self._engine.tick(self.state, now - allowance)
+            applied = Applied()
+            if changes:
+                try:
+                    conn = self._connection()
+                    with conn.transaction(), conn.cursor() as cur:
+                        applied = self._alerts.apply_changes(cur, changes)
+                except psycopg.Error as exc:
+                    self._metrics.ticks.labels("failed").inc()
+                    self._metrics.db_errors.inc()
+                    log.warning("tick to %s not applied, retried at the next one (%s)",
+                                (now - allowance).isoformat(timespec="seconds"),
+                                str(exc).strip().splitlines()[0] if str(exc) else exc)
+                    self.close()
+                    return False
+            self.state = state
+            self._metrics.ticks.labels("ran").inc()
+            c = self.counts
+            c.alerts_opened += applied.alerts_opened
+            c.alerts_cleared += applied.alerts_cleared
+            c.orders_opened += applied.orders_opened
+            record_applied(self._metrics, applied)
+            if applied.changed:
+                self._on_committed()
+            return True
 
     def _take_batch(self) -> list[Inbound]:
         try:
@@ -184,13 +251,15 @@ class Pipeline:
                 log.warning("database unavailable (%s); %d messages held, retrying in %.1fs",
                             str(exc).strip().splitlines()[0] if str(exc) else exc, len(batch),
                             delay)
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
+                self.close()
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)
 
     def process(self, batch: Sequence[Inbound]) -> None:
+        with self._lock:
+            self._process(batch)
+
+    def _process(self, batch: Sequence[Inbound]) -> None:
         now = self._clock()
         decoded = [(m, self._decoder.decode(m.topic, m.payload, now)) for m in batch]
         conn = self._connection()
@@ -206,14 +275,18 @@ class Pipeline:
                       len(batch), exc)
             if len(batch) > 1:
                 for m in batch:
-                    self.process([m])
+                    self._process([m])
                 return
             m = batch[0]
             decoded = [(m, Rejection(m.topic, "storage_error",
                                      f"the database refused it: {exc}", m.payload[:1024]))]
             outcome = self._store_and_evaluate(conn, decoded, now)
         self.state = outcome.state
+        self.clocks = outcome.clock_state
+        self._last_input = now
+        self._batched = self._batched or outcome.newest is not None  # readings: a fleet lag
         self._ack([(m.mid, m.qos) for m in batch])
+        self._clocks_changed(outcome.clock_changes)
         for rej in outcome.rejected:
             self._dead_letter(rej)
         self._count(decoded, outcome)
@@ -243,18 +316,25 @@ class Pipeline:
             result = store.write_batch(conn, telemetry, events)
             for s in statuses:
                 store.mark_presence(conn, s.device_id, s.state == "online", now)
+            # Stored as sent (above); from here on, on the server's timeline.
+            fresh: list[Telemetry | Event] = [*result.new_telemetry, *result.new_events]
+            clock_state, times, clock_changes = clocks.observe(
+                self.clocks, [(r.device_id, r.ts) for r in fresh], now, self._clock_params)
             seen: dict[str, datetime] = {}
             readings: list[Telemetry | Event] = [*telemetry, *events]
             for r in readings:
-                if r.device_id not in seen or r.ts > seen[r.device_id]:
-                    seen[r.device_id] = r.ts
+                at = clocks.server_time(clock_state, r.device_id, r.ts, now)
+                if r.device_id not in seen or at > seen[r.device_id]:
+                    seen[r.device_id] = at
             if seen:
                 store.touch_last_seen(conn, seen)
             if self._workers is not None:
                 for t in result.new_telemetry:
                     if t.kind == "grid" and t.loc is not None:
-                        self._workers.saw(t.device_id, t.loc, t.ts)
-            items = self._placement.place_many([*result.new_telemetry, *result.new_events])
+                        self._workers.saw(t.device_id, t.loc,
+                                          clocks.server_time(clock_state, t.device_id, t.ts, now))
+            items = [i if i.ts == at else replace(i, ts=at) for i, at in
+                     zip(self._placement.place_many(fresh), times, strict=True)]
             state, changes = self._evaluate(items)
             applied = self._alerts.apply_changes(cur, changes)
             for item in items:
@@ -269,7 +349,9 @@ class Pipeline:
             for m, ack in acks:
                 try:
                     with conn.transaction():
-                        more = self._alerts.apply_ack(cur, ack, ack.ts or now)
+                        # At the server's time: a team's phone clock must not decide when it
+                        # answered (nor make an answer look older than its order).
+                        more = self._alerts.apply_ack(cur, self._stated_time(ack, now), now)
                     applied.acks += more.acks
                     applied.escalations += more.escalations
                     applied.dispatches += more.dispatches
@@ -279,7 +361,30 @@ class Pipeline:
             if rejected:
                 store.record_rejections(conn, rejected)
         new = len(result.new_telemetry) + len(result.new_events)
-        return BatchOutcome(state, applied, rejected, new, len(readings) - new)
+        return BatchOutcome(state, applied, rejected, new, len(readings) - new, clock_state,
+                            clock_changes, max(times, default=None))
+
+    def _stated_time(self, ack: DispatchAck, now: datetime) -> DispatchAck:
+        """The answer, its own time stamp kept in the note when it disagrees with ours."""
+        if ack.ts is None or abs(ack.ts - now) <= self._clock_params.tolerance:
+            return ack
+        said = ack.ts.isoformat(timespec="seconds").replace("+00:00", "Z")
+        return replace(ack, note=f"{ack.note} (sent with ts {said})".lstrip())
+
+    def _clocks_changed(self, changes: Sequence[clocks.ClockChange]) -> None:
+        for ch in changes:
+            if ch.new == timedelta(0):
+                log.info("device %s: clock agrees with the fleet again; its readings are "
+                         "evaluated at their own time", ch.device_id)
+            else:
+                s = ch.new.total_seconds()
+                log.warning("device %s: clock %.0f s %s the fleet's; its readings are stored as "
+                            "sent and evaluated %.0f s %s", ch.device_id, abs(s),
+                            "ahead of" if s > 0 else "behind", abs(s),
+                            "earlier" if s > 0 else "later")
+        if changes:
+            self._metrics.clock_corrected.set(len(self.clocks.corrected()))
+        self._metrics.clock_corrections.inc(len([c for c in changes if c.new]))
 
     def _evaluate(self, placed: Sequence[Observation | Detection]
                   ) -> tuple[EngineState, list[AlertChange]]:
@@ -297,13 +402,10 @@ class Pipeline:
         m.duplicates.inc(outcome.duplicates)
         m.stored.labels("all").inc(outcome.new)
         m.batch_size.observe(len(decoded))
-        newest: datetime | None = None
-        for inbound, d in decoded:
+        for inbound, _d in decoded:
             channel = inbound.topic.rsplit("/", 1)[-1]
             m.messages_in.labels(channel if channel in ("telemetry", "event", "status", "ack")
                                  else "other").inc()
-            if isinstance(d, Telemetry | Event) and (newest is None or d.ts > newest):
-                newest = d.ts
         for rej in outcome.rejected:
             c.rejected += 1
             c.rejected_by_reason[rej.reason] = c.rejected_by_reason.get(rej.reason, 0) + 1
@@ -315,8 +417,8 @@ class Pipeline:
         done = self._clock()
         c.last_batch = done
         m.lag.set(max((done - min(i.received for i, _ in decoded)).total_seconds(), 0.0))
-        if newest is not None:
-            m.event_lag.set((done - newest).total_seconds())
+        if outcome.newest is not None:
+            m.event_lag.set((done - outcome.newest).total_seconds())
 
 
 def record_applied(m: Metrics, applied: Applied) -> None:

@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from alerts.api import ApiDeps, create_app
 from alerts.dispatch import OutboxPublisher
 from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
+from citywatch.clocks import ClockParams
 from citywatch.config import Config
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
@@ -99,12 +100,38 @@ class Endpoints:
     broker_protocol: str = "5"
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Service:
-    """Start with ``start()``, stop with ``stop()``; ``url`` is the HTTP base once started."""
+    """Start with ``start()``, stop with ``stop()``; ``url`` is the HTTP base once started.
+
+    Time. ``clock`` (default: the system clock, UTC) is the server's clock for everything the
+    service decides: when a batch was received, how far the rules move when no reading arrives,
+    deadlines and re-dispatches, presence, team answers. Readings keep their own ``ts`` (event
+    time); a device whose clock is off is evaluated on this clock's timeline.
+
+    For tests: pass a clock you control and call ``tick()`` to move the rules at once, as the
+    scheduled job does every ``clocks.tick_every_s``. Twenty minutes of silence, for example::
+
+        clock = ShiftedClock()                  # tests/fix_clock.py: now + an offset
+        svc = Service(cfg, endpoints, http_port=0, clock=clock)
+        ...                                     # readings stamped with clock(), then stored
+        clock.advance(timedelta(minutes=20))
+        assert svc.tick()                       # devices silent, zones "unknown"
+
+    ``tick()`` returns False when it did not run: messages queued or in flight, a backlog
+    older than ``clocks.allowance_s`` still draining (its readings move event time), or the
+    database refused (nothing adopted; the next tick tries again). ``check_deadlines()`` runs
+    the deadline job at once, likewise.
+    """
 
     def __init__(self, config: Config, endpoints: Endpoints, http_port: int | None = None,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None,
+                 clock: Callable[[], datetime] = _utc_now) -> None:
         self.config = config
+        self._clock = clock
         self.endpoints = endpoints
         self._http_port = config.http.port if http_port is None else http_port
         self._client_id = client_id or config.broker.client_id
@@ -155,7 +182,10 @@ class Service:
             state=state, placement=placement, alert_store=self.alert_store,
             ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
             metrics=self.metrics, batch_max=cfg.database.batch_max,
-            batch_wait_s=cfg.database.batch_wait_ms / 1000, workers=self.workers)
+            batch_wait_s=cfg.database.batch_wait_ms / 1000, workers=self.workers,
+            clock=self._clock, clock_params=ClockParams(
+                timedelta(seconds=cfg.clocks.skew_tolerance_s),
+                timedelta(seconds=cfg.clocks.skew_confirm_s)))
         self._spawn("pipeline", self.pipeline.run)
         self._spawn("outbox", self._outbox.run)
         self._link.start()
@@ -176,7 +206,7 @@ class Service:
                     rej.reason, rej.detail)
         body = {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
                 "payload": rej.payload[:4096].decode("utf-8", "replace"),
-                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+                "ts": self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")}
         self._link.publish(deadletter_topic(rej.kind, rej.device_id),
                            json.dumps(body, ensure_ascii=True), 1, False)
 
@@ -186,7 +216,7 @@ class Service:
         sched = BackgroundScheduler(timezone=UTC)
 
         def silence() -> None:
-            cutoff = datetime.now(UTC) - timedelta(seconds=cfg.presence.silence_timeout_s)
+            cutoff = self._clock() - timedelta(seconds=cfg.presence.silence_timeout_s)
             try:
                 with psycopg.connect(db, autocommit=True) as conn:
                     gone = sensing_store.mark_silent_offline(conn, cutoff)
@@ -202,42 +232,50 @@ class Service:
             try:
                 with psycopg.connect(db, autocommit=True) as conn:
                     sensing_store.apply_retention(conn, cfg.database.retention_days,
-                                                  datetime.now(UTC))
+                                                  self._clock())
             except psycopg.OperationalError as exc:
                 log.warning("retention skipped: database unavailable (%s)", exc)
 
         def nudge_outbox() -> None:
             self._outbox.notify()
 
-        def deadlines() -> None:
-            try:
-                with psycopg.connect(db) as conn:
-                    applied = self.alert_store.check(conn, datetime.now(UTC))
-                record_applied(self.metrics, applied)
-                if applied.changed:
-                    self._outbox.notify()
-            except psycopg.OperationalError as exc:
-                log.warning("deadline check skipped: database unavailable (%s)", exc)
-
         sched.add_job(silence, "interval", seconds=15, id="presence", coalesce=True)
         sched.add_job(retention, "interval", hours=6, id="retention", coalesce=True,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=30))
         sched.add_job(nudge_outbox, "interval", seconds=2, id="outbox", coalesce=True)
         keep = alert_retention.Retention(cfg.database.outbox_keep_days, cfg.work_orders.keep_days)
-        sched.add_job(lambda: alert_retention.run(db, keep, datetime.now(UTC)), "interval",
+        sched.add_job(lambda: alert_retention.run(db, keep, self._clock()), "interval",
                       hours=6, id="alert-retention", coalesce=True, max_instances=1,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=45))
-        sched.add_job(deadlines, "interval", seconds=cfg.work_orders.check_every_s,
+        sched.add_job(self.check_deadlines, "interval", seconds=cfg.work_orders.check_every_s,
                       id="deadlines", coalesce=True, max_instances=1)
+        sched.add_job(self.tick, "interval", seconds=cfg.clocks.tick_every_s, id="tick",
+                      coalesce=True, max_instances=1)
         sched.start()
         self._scheduler = sched
+
+    def tick(self) -> bool:
+        """Move the rules to the service clock less ``clocks.allowance_s`` (see the class
+        docstring); True if it ran."""
+        return self.pipeline.tick(timedelta(seconds=self.config.clocks.allowance_s))
+
+    def check_deadlines(self) -> None:
+        """Escalate overdue work orders and repeat unanswered dispatches, at the service clock."""
+        try:
+            with psycopg.connect(self.endpoints.database_url) as conn:
+                applied = self.alert_store.check(conn, self._clock())
+            record_applied(self.metrics, applied)
+            if applied.changed:
+                self._outbox.notify()
+        except psycopg.OperationalError as exc:
+            log.warning("deadline check skipped: database unavailable (%s)", exc)
 
     def _start_http(self, zones: list[Any]) -> None:
         self._pool = ConnectionPool(self.endpoints.database_url, min_size=1, max_size=4,
                                     open=True, kwargs={"autocommit": True})
         deps = ApiDeps(pool=self._pool, zones=zones, list_devices=_device_features,
                        health=self.health, registry=self.metrics.registry,
-                       clock=lambda: datetime.now(UTC), static_dir=STATIC_DIR,
+                       clock=self._clock, static_dir=STATIC_DIR,
                        team_ids=frozenset(t.id for t in self.config.teams),
                        alert_store=self.alert_store,
                        thresholds=self.config.rules.model_dump(mode="json"),
@@ -301,6 +339,20 @@ class Service:
             "rejected_by_reason": dict(c.rejected_by_reason),
             "rules": asdict(self.pipeline.state.counts),
             "faulty_devices": sorted(self._engine.faulty_devices(self.pipeline.state)),
+            "clocks": self._clocks_health(),
+        }
+
+    def _clocks_health(self) -> dict[str, Any]:
+        """The rules' event time against the server's, and the devices whose clocks are off."""
+        p = self.pipeline
+        rules = p.state.clock
+        return {
+            "server": _iso(self._clock()),
+            "rules": None if rules is None else _iso(rules),
+            "fleet_lag_s": round(p.clocks.fleet_lag.total_seconds(), 3),
+            "corrected": {d: {"offset_s": round(c.offset.total_seconds(), 3),
+                              "since": None if c.since is None else _iso(c.since)}
+                          for d, c in p.clocks.corrected().items()},
         }
 
 
@@ -309,6 +361,10 @@ def _device_features(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
              "lat": d.position[1] if d.position else None, "zone_ids": d.zone_ids,
              "online": d.online, "last_seen": d.last_seen}
             for d in sensing_store.list_devices(conn)]
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _redact(url: str) -> str:
