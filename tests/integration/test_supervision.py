@@ -144,9 +144,10 @@ def test_a_message_that_trips_a_bug_is_dead_lettered_and_its_neighbours_are_stor
             wait_for("the first batch held", lambda: gate.batches)
             gate.opened.set()  # the rest arrive meanwhile: the poison shares a batch
 
-            got = wait_for("the poison on the dead-letter topic", lambda: dead.messages)
-            topic, body, _retained = got[0]
-            assert topic == f"city/deadletter/water/{GAUGE}"
+            # (The session broker may hold retained messages of other tests: look at ours only.)
+            got = wait_for("the poison on the dead-letter topic", lambda: dead.on(
+                f"city/deadletter/water/{GAUGE}"))
+            body = got[0]
             assert body["reason"] == "internal_error"
             assert body["detail"] == "ZeroDivisionError: injected fault for depth 66.6"
             assert json.loads(body["payload"])["seq"] == 6
@@ -154,23 +155,25 @@ def test_a_message_that_trips_a_bug_is_dead_lettered_and_its_neighbours_are_stor
             assert max(gate.batches) > 1, gate.batches  # it was narrowed down within a batch
             assert run.sql("SELECT seq FROM telemetry WHERE device_id = %s AND seq = 6",
                            GAUGE) == []
-            assert run.sql("SELECT reason FROM rejections") == [("internal_error",)]
+            assert run.sql("SELECT reason FROM rejections WHERE topic = %s",
+                           TOPIC) == [("internal_error",)]
 
             publish_all(broker_url, [(TOPIC, telemetry(12, 2.0))])  # ingest carries on
             wait_for("a later reading stored", lambda: stored(run) == 11)
             code, h = health(run)
             assert code == 200
-            assert h["rejected_by_reason"] == {"internal_error": 1}
+            assert h["rejected_by_reason"]["internal_error"] == 1
             assert h["workers"]["ingest"]["alive"] and h["workers"]["ingest"]["restarts"] == 0
             assert any("internal error" in w for w in h["warnings"]), h["warnings"]
             assert 'citywatch_messages_rejected_total{reason="internal_error"} 1.0' in metrics(run)
-        assert len(dead.messages) == 1
+        assert len(dead.on(f"city/deadletter/water/{GAUGE}")) == 1
 
         # Acknowledged: back with the same session, the broker redelivers nothing of the above.
         with engine(base_config, broker_url, fresh_db_url, client_id) as run:
             publish_all(broker_url, [(TOPIC, telemetry(13, 2.0))])
             wait_for("the next reading stored", lambda: stored(run) == 12)
-            assert health(run)[1]["counts"]["messages"] == 1
+            assert 'citywatch_messages_received_total{channel="telemetry"} 1.0' in metrics(run)
+            assert health(run)[1]["counts"]["duplicates"] == 0
     finally:
         dead.close()
 
@@ -252,6 +255,18 @@ def test_qos0_beyond_the_ingest_budget_is_dropped_and_counted_never_silently(
         assert run.service is not None
         pipeline = run.service.pipeline
         gate = Gate(run, monkeypatch)
+        # Ours only: the session broker may hand the engine retained messages of other tests.
+        ours = {"arrived": 0, "dropped": 0}
+        real_submit = pipeline.submit
+
+        def counting(message: Inbound) -> None:
+            before = pipeline.dropped
+            real_submit(message)
+            if message.topic == TOPIC and message.qos == 0:
+                ours["arrived"] += 1
+                ours["dropped"] += pipeline.dropped - before
+
+        monkeypatch.setattr(pipeline, "submit", counting)
         client = connect(broker_url)
         try:
             infos = [client.publish(TOPIC, telemetry(seq, 2.0, -200 + seq), qos=0)
@@ -260,10 +275,9 @@ def test_qos0_beyond_the_ingest_budget_is_dropped_and_counted_never_silently(
         finally:
             client.loop_stop()
             client.disconnect()
-        wait_for("every QoS 0 message queued, held or dropped", lambda: (
-            sum(gate.batches[:1]) + pipeline.ingest_queue.qsize() + pipeline.dropped == sent))
+        wait_for("every QoS 0 message handed to the pipeline", lambda: ours["arrived"] == sent)
+        assert ours["dropped"] >= sent - 20 - 5  # the QoS 0 budget, and one batch held
         dropped = pipeline.dropped
-        assert dropped >= sent - 20 - 5
         code, h = health(run)
         assert code == 200 and h["status"] == "degraded"
         assert h["ingest_queue"]["qos0_dropped"] == dropped
@@ -272,7 +286,7 @@ def test_qos0_beyond_the_ingest_budget_is_dropped_and_counted_never_silently(
         assert (f'citywatch_ingest_dropped_total{{reason="qos0_queue_full"}} {dropped}.0'
                 in metrics(run))
         gate.opened.set()
-        wait_for("what was not dropped stored", lambda: stored(run) == sent - dropped)
+        wait_for("what was not dropped stored", lambda: stored(run) == sent - ours["dropped"])
 
 
 def test_an_oversize_packet_is_refused_by_the_broker_itself(
@@ -304,8 +318,9 @@ def test_an_oversize_packet_is_refused_by_the_broker_itself(
             assert reasons[0] == expected
         publish_all(broker_url, [(TOPIC, telemetry(1, 2.0))])
         wait_for("the next reading stored", lambda: stored(run) == 1)
-        h = health(run)[1]
-        assert h["counts"]["messages"] == 1 and h["counts"]["rejected"] == 0  # never reached us
+        # The oversize packets never reached the engine: one telemetry message, nothing rejected.
+        assert 'citywatch_messages_received_total{channel="telemetry"} 1.0' in metrics(run)
+        assert "too_large" not in health(run)[1]["rejected_by_reason"]
 
 
 def test_a_broker_queue_that_overflows_shows_in_health_and_metrics(
