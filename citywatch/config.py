@@ -70,6 +70,16 @@ class HttpConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
 
 
+class HealthConfig(_Strict):
+    stuck_after_s: float = Field(
+        default=60, gt=0, description="GET /api/health answers 503 when a worker (ingest, outbox) "
+        "has had work waiting this long without progress, e.g. the database refusing a batch")
+    warn_for_s: float = Field(
+        default=600, gt=0, description="how long a drop (broker queue full, QoS 0 beyond the "
+        "ingest budget) or a message dead-lettered for an internal error keeps a warning in "
+        "GET /api/health")
+
+
 class ZonesConfig(_Strict):
     file: Path = Field(description="GeoJSON of zones, relative to this config file")
 
@@ -214,6 +224,7 @@ class Config(_Strict):
     broker: BrokerConfig = BrokerConfig()
     database: DatabaseConfig = DatabaseConfig()
     http: HttpConfig = HttpConfig()
+    health: HealthConfig = HealthConfig()
     zones: ZonesConfig
     presence: PresenceConfig = PresenceConfig()
     clocks: ClocksConfig = ClocksConfig()

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +53,8 @@ from typing import IO, Literal, Self, TypeVar
 
 import psycopg
 from psycopg import sql
+
+from sensing.limits import MAX_PACKET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -366,13 +369,23 @@ def find_mosquitto() -> str | None:
     return next((p for p in _MOSQUITTO_PLACES if os.access(p, os.X_OK)), None)
 
 
-def mosquitto_config(port: int, data_dir: Path) -> str:
-    """The shipped tuned configuration with the listener port and the data directory filled in."""
+def mosquitto_config(port: int, data_dir: Path, settings: Mapping[str, str] | None = None) -> str:
+    """The shipped tuned configuration with the listener port, the data directory and the packet
+    limit filled in. ``settings`` replaces the value of a setting (tests: a tiny queue, a fast
+    $SYS interval); a setting the file does not have is added at the end."""
     if any(c.isspace() for c in str(data_dir)):
         raise EmbeddedError(f"Mosquitto cannot use a data directory with spaces: {data_dir}")
     template = importlib.resources.files("citywatch").joinpath("mosquitto.conf")
-    text = template.read_text(encoding="utf-8")
-    return text.replace("@PORT@", str(port)).replace("@DATA_DIR@", str(data_dir))
+    text = (template.read_text(encoding="utf-8").replace("@PORT@", str(port))
+            .replace("@DATA_DIR@", str(data_dir))
+            .replace("@MAX_PACKET_SIZE@", str(MAX_PACKET_BYTES)))
+    for key, value in (settings or {}).items():
+        if not re.fullmatch(r"[a-z_0-9]+", key) or "\n" in value:
+            raise EmbeddedError(f"not a Mosquitto setting: {key!r} {value!r}")
+        text, n = re.subn(rf"^{key} .*$", f"{key} {value}", text, flags=re.MULTILINE)
+        if n == 0:
+            text += f"{key} {value}\n"
+    return text
 
 
 class EmbeddedBroker(_Service):
@@ -397,13 +410,14 @@ class EmbeddedBroker(_Service):
         return f"EmbeddedBroker(kind={self.kind!r}, url={self.url!r}, protocol={self.protocol!r})"
 
 
-def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Account | None
+def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Account | None,
+                   settings: Mapping[str, str] | None = None
                    ) -> tuple[subprocess.Popen[bytes], Path]:
     if kind == "mosquitto":
         exe = find_mosquitto()
         assert exe is not None
         conf = data_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(port, data_dir), encoding="utf-8")
+        conf.write_text(mosquitto_config(port, data_dir, settings), encoding="utf-8")
         log_path = data_dir / "mosquitto.log"
         # As root, Mosquitto runs as the service user from the start (its own `user` switch
         # would pick the "mosquitto" user, who cannot write our data directory).
@@ -421,13 +435,14 @@ def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Accoun
 
 
 def _start_one_broker(kind: BrokerKind, data_dir: Path, *, port: int | None, timeout: float,
-                      account: _Account | None, lock: _DirLock) -> EmbeddedBroker:
+                      account: _Account | None, lock: _DirLock,
+                      settings: Mapping[str, str] | None = None) -> EmbeddedBroker:
     if kind == "mosquitto":
         _hand_over(data_dir, account)
         _make_reachable(data_dir, account)
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         chosen = port if port is not None else free_port()
-        proc, log_path = _launch_broker(kind, data_dir, chosen, account)
+        proc, log_path = _launch_broker(kind, data_dir, chosen, account, settings)
         (data_dir / "broker.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
         try:
             probe = functools.partial(mqtt_protocol, LOOPBACK, chosen, 1.0)
@@ -445,12 +460,14 @@ def _start_one_broker(kind: BrokerKind, data_dir: Path, *, port: int | None, tim
 
 
 def start_broker(data_dir: Path, port: int | None = None, *, prefer: BrokerKind = "mosquitto",
-                 fallback: bool = True, timeout: float = 20.0) -> EmbeddedBroker:
+                 fallback: bool = True, timeout: float = 20.0,
+                 settings: Mapping[str, str] | None = None) -> EmbeddedBroker:
     """Start an MQTT broker on 127.0.0.1 keeping its state in ``data_dir``; ready when returned.
 
     Mosquitto (tuned, persistent) unless it is missing or fails, then amqtt; ``prefer="amqtt"``
     tries amqtt first, and ``fallback=False`` tries only the preferred one. ``port=None`` picks
-    a free port. Raises EmbeddedError saying what to install when none starts.
+    a free port. ``settings`` overrides Mosquitto settings (see ``mosquitto_config``). Raises
+    EmbeddedError saying what to install when none starts.
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -470,7 +487,7 @@ def start_broker(data_dir: Path, port: int | None = None, *, prefer: BrokerKind 
                 continue
             try:
                 return _start_one_broker(kind, data_dir, port=port, timeout=timeout,
-                                         account=account, lock=lock)
+                                         account=account, lock=lock, settings=settings)
             except EmbeddedError as exc:
                 log.warning("embedded %s broker failed to start: %s", kind, exc)
                 failures.append(f"{kind}: {exc}")

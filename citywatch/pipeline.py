@@ -29,6 +29,7 @@ import psycopg
 
 from alerts.store import AckRefused, AlertStore, Applied
 from citywatch import clocks
+from citywatch.ingest_queue import IngestQueue
 from citywatch.metrics import Metrics
 from citywatch.placement import Placement
 from rules.base import AlertChange, Detection, Observation
@@ -117,7 +118,8 @@ class Pipeline:
                  metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.05,
                  workers: WorkerLocator | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 clock_params: clocks.ClockParams = clocks.DEFAULT_PARAMS) -> None:
+                 clock_params: clocks.ClockParams = clocks.DEFAULT_PARAMS,
+                 ingest_queue: IngestQueue | None = None) -> None:
         self._conninfo = conninfo
         self._decoder = decoder
         self._engine = engine
@@ -132,9 +134,13 @@ class Pipeline:
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
         self._clock = clock
-        # Unbounded on purpose: the broker bounds what is in flight to us by our Receive
-        # Maximum, and paho's network thread must never block here (keepalives would stall).
-        self._queue: queue.Queue[Inbound] = queue.Queue()
+        # Bounded in messages and bytes; what happens when it is full: citywatch.ingest_queue.
+        self._queue = ingest_queue or IngestQueue.for_receive_maximum(1000)
+        self._held: list[Inbound] = []  # the batch being stored; kept if the worker is restarted
+        self.last_progress: float | None = None  # time.monotonic() of the last batch stored
+        self._held_since: float | None = None
+        self.dropped = 0
+        self._drop_logged_at: float | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._watermark: datetime | None = None
         self.counts = Counts()
@@ -145,23 +151,55 @@ class Pipeline:
         self._lock = threading.RLock()
         self._last_input = clock()  # server time of the last batch (or of the start)
         self._batched = False  # until a batch tells, the fleet's lag is unknown
+        self._blocked_seen = 0
 
-    # paho's network thread calls this: hand on, nothing else.
+    @property
+    def ingest_queue(self) -> IngestQueue:
+        return self._queue
+
+    # paho's network thread calls this: hand on (or drop QoS 0 beyond its budget), nothing else.
     def submit(self, message: Inbound) -> None:
-        self._queue.put(message)
+        if self._queue.put(message):
+            return
+        self.dropped += 1
+        self._metrics.ingest_dropped.labels("qos0_queue_full").inc()
+        now = time.monotonic()
+        if self._drop_logged_at is None or now - self._drop_logged_at >= 10:  # not per message
+            self._drop_logged_at = now
+            log.warning("ingest queue full: dropped QoS 0 message %s from device %s (%d QoS 0 "
+                        "messages dropped so far; the contract asks for QoS 1)", message.topic,
+                        _device_of(message.topic), self.dropped)
+
+    def waiting_since(self) -> float | None:
+        """``time.monotonic()`` since when work has waited: the held batch or the oldest queued."""
+        queued = self._queue.oldest_since()
+        if self._held_since is None or queued is None:
+            return self._held_since if queued is None else queued
+        return min(self._held_since, queued)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            batch = self._take_batch()
-            self._metrics.queue_depth.set(self._queue.qsize())
-            if not batch:
-                self.idle.set()
-                continue
-            self.idle.clear()
-            self._process_until_stored(batch, stop)
-            for _ in batch:
-                self._queue.task_done()  # unfinished_tasks: queued or in flight (see caught_up)
-        self.close()
+        try:
+            while not stop.is_set():
+                if not self._held:
+                    self._held = self._take_batch()
+                    self._held_since = time.monotonic() if self._held else None
+                self._metrics.queue_depth.set(self._queue.qsize())
+                self._metrics.queue_bytes.set(self._queue.nbytes())
+                self._metrics.ingest_backpressure.inc(self._queue.blocked - self._blocked_seen)
+                self._blocked_seen = self._queue.blocked
+                if not self._held:
+                    self.idle.set()
+                    continue
+                self.idle.clear()
+                if self._process_until_stored(self._held, stop):
+                    # unfinished_tasks counts queued and in-flight messages (see caught_up)
+                    self._queue.task_done(len(self._held))
+                    self._held, self._held_since = [], None
+                    self.last_progress = time.monotonic()
+        finally:
+            self.close()  # after a crash too: the supervisor's restart opens a fresh connection
+            if stop.is_set():
+                self._queue.close()  # paho's thread may be waiting for room: let it end
 
     def close(self) -> None:
         with self._lock:  # a tick may be using the connection
@@ -239,13 +277,14 @@ class Pipeline:
             self._conn = psycopg.connect(self._conninfo)
         return self._conn
 
-    def _process_until_stored(self, batch: list[Inbound], stop: threading.Event) -> None:
-        """Retry while the database is down; messages stay unacknowledged meanwhile."""
+    def _process_until_stored(self, batch: list[Inbound], stop: threading.Event) -> bool:
+        """Retry while the database is down; messages stay unacknowledged meanwhile. False if
+        stopped before the batch was stored."""
         delay = 0.5
         while not stop.is_set():
             try:
                 self.process(batch)
-                return
+                return True
             except psycopg.OperationalError as exc:
                 self._metrics.db_errors.inc()
                 log.warning("database unavailable (%s); %d messages held, retrying in %.1fs",
@@ -254,6 +293,7 @@ class Pipeline:
                 self.close()
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+        return False
 
     def process(self, batch: Sequence[Inbound]) -> None:
         with self._lock:
@@ -267,19 +307,27 @@ class Pipeline:
             outcome = self._store_and_evaluate(conn, decoded, now)
         except psycopg.OperationalError:
             raise
-        except psycopg.Error as exc:
-            # Validation let through something the database refuses. Find the culprit one by
-            # one so the good messages around it are stored, and dead-letter it.
+        except Exception as exc:
+            # Validation let through something the database refuses, or a message trips a bug
+            # of ours (in placement, the rules, the alert store). Find the culprit one by one so
+            # the good messages around it are stored and acknowledged, and dead-letter it.
             conn.rollback()
-            log.error("batch of %d refused by the database (%s); retrying one by one",
-                      len(batch), exc)
+            refused = isinstance(exc, psycopg.Error)
             if len(batch) > 1:
+                log.error("batch of %d %s (%s: %s); retrying one by one", len(batch),
+                          "refused by the database" if refused else "failed",
+                          type(exc).__name__, exc, exc_info=not refused)
                 for m in batch:
                     self._process([m])
                 return
-            m = batch[0]
-            decoded = [(m, Rejection(m.topic, "storage_error",
-                                     f"the database refused it: {exc}", m.payload[:1024]))]
+            m, d = decoded[0]
+            device = getattr(d, "device_id", None) or getattr(d, "team_id", None)
+            kind = "dispatch" if isinstance(d, DispatchAck) else getattr(d, "kind", None)
+            reason, detail = (("storage_error", f"the database refused it: {exc}") if refused
+                              else ("internal_error", f"{type(exc).__name__}: {exc}"))
+            log.error("message %s from device %s dead-lettered: %s", m.topic,
+                      device or _device_of(m.topic), detail, exc_info=not refused)
+            decoded = [(m, Rejection(m.topic, reason, detail, m.payload[:1024], device, kind))]
             outcome = self._store_and_evaluate(conn, decoded, now)
         self.state = outcome.state
         self.clocks = outcome.clock_state
@@ -419,6 +467,12 @@ class Pipeline:
         m.lag.set(max((done - min(i.received for i, _ in decoded)).total_seconds(), 0.0))
         if outcome.newest is not None:
             m.event_lag.set((done - outcome.newest).total_seconds())
+
+
+def _device_of(topic: str) -> str:
+    """The device (or team) a topic names, for log lines: city/{kind}/{id}/..., or '?'."""
+    parts = topic.split("/")
+    return parts[2] if len(parts) > 2 and parts[0] == "city" else "?"
 
 
 def record_applied(m: Metrics, applied: Applied) -> None:

@@ -26,11 +26,15 @@ from alerts.api import ApiDeps, create_app
 from alerts.dispatch import OutboxPublisher
 from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
+from citywatch import liveness
+from citywatch.broker_stats import SYS_TOPICS, BrokerStats
 from citywatch.clocks import ClockParams
 from citywatch.config import Config
+from citywatch.ingest_queue import IngestQueue
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
 from citywatch.placement import Placement
+from citywatch.supervisor import Supervisor, Worker
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from geo.zones import Zone
@@ -138,6 +142,11 @@ class Service:
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._supervisor = Supervisor(self._stop, on_change=self._worker_changed)
+        self._restarts_counted: dict[str, int] = {}
+        self.broker_stats = BrokerStats(self.metrics)
+        self._seen_lock = threading.Lock()
+        self._seen = {"qos0_dropped": liveness.Counter(), "internal_error": liveness.Counter()}
         self._server: uvicorn.Server | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -172,7 +181,8 @@ class Service:
             self.endpoints.broker_url, self._client_id, SUBSCRIPTIONS, self._on_message,
             protocol=self.endpoints.broker_protocol,
             session_expiry_s=cfg.broker.session_expiry_s,
-            receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s)
+            receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s,
+            monitor=tuple(SYS_TOPICS), on_monitor=self.broker_stats.update)
         self._outbox = OutboxPublisher(
             db, self._link.publish, self._link.connected.is_set,
             on_sent=lambda topic, _id: self.metrics.published.labels(
@@ -185,18 +195,24 @@ class Service:
             batch_wait_s=cfg.database.batch_wait_ms / 1000, workers=self.workers,
             clock=self._clock, clock_params=ClockParams(
                 timedelta(seconds=cfg.clocks.skew_tolerance_s),
-                timedelta(seconds=cfg.clocks.skew_confirm_s)))
-        self._spawn("pipeline", self.pipeline.run)
+                timedelta(seconds=cfg.clocks.skew_confirm_s)),
+            ingest_queue=IngestQueue.for_receive_maximum(cfg.broker.receive_maximum))
+        self._spawn("ingest", self.pipeline.run)
         self._spawn("outbox", self._outbox.run)
         self._link.start()
         self._start_jobs()
         self._start_http(zones)
 
     def _spawn(self, name: str, target: Any) -> None:
-        t = threading.Thread(target=target, args=(self._stop,), name=f"citywatch-{name}",
-                             daemon=True)
-        t.start()
-        self._threads.append(t)
+        worker = self._supervisor.spawn(name, target)  # restarted with back-off if it fails
+        assert worker.thread is not None
+        self._threads.append(worker.thread)
+
+    def _worker_changed(self, worker: Worker) -> None:
+        self.metrics.worker_alive.labels(worker.name).set(1 if worker.running else 0)
+        counted = self._restarts_counted.get(worker.name, 0)
+        self.metrics.worker_restarts.labels(worker.name).inc(worker.restarts - counted)
+        self._restarts_counted[worker.name] = worker.restarts
 
     def _on_message(self, message: Any) -> None:
         self.pipeline.submit(message)
@@ -328,7 +344,7 @@ class Service:
         except (psycopg.Error, AssertionError, Exception):  # health must answer, whatever fails
             db_ok = False
         broker_ok = self._link.connected.is_set()
-        return {
+        body = {
             "status": "ok" if (db_ok and broker_ok) else "degraded",
             "broker": {"connected": broker_ok, "url": _redact(self.endpoints.broker_url)},
             "database": {"connected": db_ok, "storage": self.storage_mode},
@@ -341,6 +357,8 @@ class Service:
             "faulty_devices": sorted(self._engine.faulty_devices(self.pipeline.state)),
             "clocks": self._clocks_health(),
         }
+        self._add_liveness(body)
+        return body
 
     def _clocks_health(self) -> dict[str, Any]:
         """The rules' event time against the server's, and the devices whose clocks are off."""
@@ -354,6 +372,51 @@ class Service:
                               "since": None if c.since is None else _iso(c.since)}
                           for d, c in p.clocks.corrected().items()},
         }
+
+    def _add_liveness(self, body: dict[str, Any]) -> None:
+        """Workers, queues and warnings; status "failing" (HTTP 503) when the pipeline is stuck."""
+        now = time.monotonic()
+        hc = self.config.health
+        w = self._supervisor.workers
+        verdict = liveness.judge({
+            "ingest": liveness.WorkerState(w["ingest"].alive, w["ingest"].restarts,
+                                           self.pipeline.waiting_since(),
+                                           self.pipeline.last_progress),
+            "outbox": liveness.WorkerState(w["outbox"].alive, w["outbox"].restarts,
+                                           self._outbox.waiting_since,
+                                           self._outbox.last_progress),
+        }, now, hc.stuck_after_s)
+        broker = self.broker_stats.snapshot()
+        q = self.pipeline.ingest_queue
+        with self._seen_lock:
+            seen = self._seen = {
+                "qos0_dropped": self._seen["qos0_dropped"].seen(self.pipeline.dropped, now),
+                "internal_error": self._seen["internal_error"].seen(
+                    self.pipeline.counts.rejected_by_reason.get("internal_error", 0), now),
+            }
+        warnings = []
+        if liveness.recent_growth(self.broker_stats.dropped, now, hc.warn_for_s):
+            warnings.append(f"the broker dropped messages for a full client queue "
+                            f"({broker['dropped']} since it started; see its log for whose)")
+        if liveness.recent_growth(seen["qos0_dropped"], now, hc.warn_for_s):
+            warnings.append(f"ingest dropped {self.pipeline.dropped} QoS 0 messages beyond its "
+                            f"queue budget (devices should publish at QoS 1)")
+        if liveness.recent_growth(seen["internal_error"], now, hc.warn_for_s):
+            warnings.append(f"{seen['internal_error'].value} messages dead-lettered for an "
+                            f"internal error (a bug: see the log)")
+        body["workers"] = dict(verdict.workers)
+        body["ingest_queue"] = {
+            "messages": q.qsize(), "bytes": q.nbytes(),
+            "max_messages": q.reliable.messages + q.best_effort.messages,
+            "max_bytes": q.reliable.bytes + q.best_effort.bytes,
+            "qos0_dropped": self.pipeline.dropped, "paused_reading": q.blocked}
+        body["broker_queue"] = broker
+        body["problems"] = list(verdict.problems)
+        body["warnings"] = warnings
+        if verdict.failing:
+            body["status"] = "failing"
+        elif warnings and body["status"] == "ok":
+            body["status"] = "degraded"
 
 
 def _device_features(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, cast
 
+from sensing.limits import MAX_PAYLOAD_BYTES
 from sensing.models import DispatchAck, Event, Position, Rejection, Status, Telemetry
 from sensing.topics import Topic, TopicError, is_kind, parse_dispatch_ack_topic
 
@@ -512,7 +513,7 @@ class Decoder:
         registry: Mapping[str, str],
         kinds: Mapping[str, KindSpec] = BUILTIN_KINDS,
         *,
-        max_bytes: int = 65536,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
         max_future_s: float = MAX_FUTURE_S,
         min_year: int = 2000,
         max_depth: int = 32,

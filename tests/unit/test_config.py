@@ -109,3 +109,12 @@ def test_unreadable_or_malformed_files_say_so(tmp_path: Path) -> None:
     bad.write_text("- just a list\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(bad, env={})
+
+
+def test_health_limits_have_defaults_and_are_checked(raw: dict[str, Any]) -> None:
+    cfg = parse_config(raw, env={})
+    assert (cfg.health.stuck_after_s, cfg.health.warn_for_s) == (60, 600)
+    cfg = parse_config({**raw, "health": {"stuck_after_s": 5}}, env={})
+    assert cfg.health.stuck_after_s == 5
+    with pytest.raises(ConfigError, match=r"health.stuck_after_s: got 0; Input should be greater"):
+        parse_config({**raw, "health": {"stuck_after_s": 0}}, env={})
