@@ -321,7 +321,11 @@ class AlertStore:
         return str(order_id) if order_id else alert_id
 
     # --- rule changes -------------------------------------------------------------------
-    def apply_changes(self, cur: psycopg.Cursor[Any], changes: Iterable[AlertChange]) -> Applied:
+    def apply_changes(self, cur: psycopg.Cursor[Any], changes: Iterable[AlertChange],
+                      now: datetime | None = None) -> Applied:
+        """``now`` is the server's time: a team can answer only from when it is told, so the
+        deadlines of orders opened or raised for a backlog (readings judged in their own, earlier
+        time) count from ``now``, not from the readings' time."""
         out = Applied()
         touched_zones: dict[str, datetime] = {}
         for ch in changes:
@@ -339,9 +343,10 @@ class AlertStore:
                     out.by_hazard[ch.hazard, "cleared"] += 1
                     touched_zones[ch.zone_id] = ch.ts
                 continue
+            start = ch.ts if now is None else max(ch.ts, now)  # deadlines count from here
             if row is None:
-                if not self._reactivate(cur, ch, key, evidence, out):
-                    self._open(cur, ch, key, evidence, out)
+                if not self._reactivate(cur, ch, key, evidence, out, start):
+                    self._open(cur, ch, key, evidence, out, start)
             else:
                 alert_id, old_sev, order_id, _state = row
                 if old_sev == int(ch.level):
@@ -354,14 +359,14 @@ class AlertStore:
                 out.alerts_updated += 1
                 out.by_hazard[ch.hazard, "updated"] += 1
                 if order_id is not None:
-                    self._order_level_changed(cur, order_id, ch, out)
+                    self._order_level_changed(cur, order_id, ch, out, start)
             touched_zones[ch.zone_id] = ch.ts
         for zone_id, ts in touched_zones.items():
             queue_zone_state(cur, zone_id, ts)
         return out
 
     def _reactivate(self, cur: psycopg.Cursor[Any], ch: AlertChange, key: str,
-                    evidence: list[dict[str, Any]], out: Applied) -> bool:
+                    evidence: list[dict[str, Any]], out: Applied, start: datetime) -> bool:
         """The same hazard back soon after it ended: the same incident, not a new one."""
         assert ch.level is not None
         cutoff = ch.ts - self.policy.reopen_window
@@ -392,7 +397,7 @@ class AlertStore:
         cur.execute("UPDATE work_orders SET duplicates = duplicates + 1, updated = %s "
                     "WHERE id = %s", (ch.ts, order_id))
         if can_move(WORK_ORDER_TRANSITIONS, state, "reopen"):
-            respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
+            respond_by, resolve_by = self.policy.deadlines(ch.level, start)
             move_work_order(cur, order_id, state, "reopen", ch.ts, "system",
                             f"reopened: {ch.hazard} came back at {ch.zone_id} within "
                             f"{_minutes(self.policy.reopen_window)} of clearing ({ch.title})",
@@ -405,7 +410,7 @@ class AlertStore:
                 self._dispatch(cur, order_id, team_id, ch, respond_by, "reopened")
                 out.dispatches += 1
         elif should_dispatch(Level(severity), ch.level):
-            self._order_level_changed(cur, order_id, ch, out)
+            self._order_level_changed(cur, order_id, ch, out, start)
         else:
             self._repeat(cur, order_id, ch.ts, state, "system",
                          f"{ch.hazard} back at {ch.zone_id}; counted as a duplicate")
@@ -413,7 +418,7 @@ class AlertStore:
         return True
 
     def _open(self, cur: psycopg.Cursor[Any], ch: AlertChange, key: str,
-              evidence: list[dict[str, Any]], out: Applied) -> None:
+              evidence: list[dict[str, Any]], out: Applied, start: datetime) -> None:
         assert ch.level is not None
         zone = self._zones.get(ch.zone_id)
         route = self._route(ch.hazard, zone.type if zone else "", ch.level)
@@ -422,7 +427,7 @@ class AlertStore:
         ids = cur.fetchone()
         assert ids is not None
         alert_id, order_id = ids
-        respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
+        respond_by, resolve_by = self.policy.deadlines(ch.level, start)
         kept, dropped = cap_evidence(evidence, self.policy.evidence_keep_first,
                                      self.policy.evidence_keep_last)
         cur.execute(
@@ -467,7 +472,7 @@ class AlertStore:
         self._dispatch(cur, order_id, worker, ch, respond_by, "check")
 
     def _order_level_changed(self, cur: psycopg.Cursor[Any], order_id: str, ch: AlertChange,
-                             out: Applied) -> None:
+                             out: Applied, start: datetime) -> None:
         assert ch.level is not None
         cur.execute("SELECT team_id, state, severity FROM work_orders WHERE id = %s FOR UPDATE",
                     (order_id,))
@@ -494,7 +499,7 @@ class AlertStore:
                       f"{wanted.department}, team {wanted.team_id}")
                 team_id = wanted.team_id
             # Deadlines tighten when the level rises; they never relax when it falls.
-            respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
+            respond_by, resolve_by = self.policy.deadlines(ch.level, start)
             cur.execute("UPDATE work_orders SET severity = %s, updated = %s, "
                         "respond_by = LEAST(respond_by, %s), resolve_by = LEAST(resolve_by, %s) "
                         "WHERE id = %s RETURNING respond_by",

@@ -236,7 +236,7 @@ class Pipeline:
                 try:
                     conn = self._connection()
                     with conn.transaction(), conn.cursor() as cur:
-                        applied = self._alerts.apply_changes(cur, changes)
+                        applied = self._alerts.apply_changes(cur, changes, now)
                 except psycopg.Error as exc:
                     self._metrics.ticks.labels("failed").inc()
                     self._metrics.db_errors.inc()
@@ -384,7 +384,7 @@ class Pipeline:
             items = [i if i.ts == at else replace(i, ts=at) for i, at in
                      zip(self._placement.place_many(fresh), times, strict=True)]
             state, changes = self._evaluate(items)
-            applied = self._alerts.apply_changes(cur, changes)
+            applied = self._alerts.apply_changes(cur, changes, now)
             for item in items:
                 category = item.attrs.get("category") if isinstance(item, Detection) else None
                 if (isinstance(item, Detection) and item.type == "report"
