@@ -346,8 +346,13 @@ def _km(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
 # --- validation -------------------------------------------------------------------------------
 
 
-def load_schema(path: Path) -> Any:
-    """The official CAP 1.2 XSD as an ``lxml.etree.XMLSchema`` (it is not shipped with us)."""
+# The official OASIS schema, shipped unchanged as package data (OASIS allows copies that keep its
+# notice: schemas/NOTICE), so validating needs nothing beside the installed package.
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "CAP-v1.2.xsd"
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> Any:
+    """The CAP 1.2 XSD (by default the packaged official one) as an ``lxml.etree.XMLSchema``."""
     return etree.XMLSchema(etree.parse(str(path), _parser()))
 
 
