@@ -62,6 +62,13 @@ EVENTS: Mapping[str, str] = {
 URGENCY: Mapping[Level, str] = {Level.RED: "Immediate", Level.ORANGE: "Immediate",
                                 Level.YELLOW: "Expected", Level.BLUE: "Future"}
 
+# Characters a CAP document cannot carry: those XML 1.0 forbids (C0 controls but tab, LF and CR;
+# U+FFFE, U+FFFF; surrogates, which no UTF-8 document can hold), and DEL and the C1 controls,
+# which it discourages (section 2.2) and which sirens and phones down the line should not meet.
+# lxml refuses the forbidden ones outright, so one stray character would make the whole
+# document fail: the text is filtered instead, whatever its source (devices, config, a title).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]+")
+
 # identifier and sender: no spaces, commas or restricted characters (CAP 1.2 section 3.2.1).
 _TOKEN = re.compile(r"^[^\s,<&]+$")
 _CAP_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[-+]\d\d:\d\d$")
@@ -265,10 +272,16 @@ def _area(info: Any, zone: Zone | None, zone_id: str, place: str) -> None:
         _value_pair(area, "geocode", f"{CODE_DOMAIN}:zone_id", zone_id)
 
 
+def xml_text(text: str) -> str:
+    """``text`` with every character a CAP document cannot carry removed (see ``_NOT_XML``)."""
+    return _NOT_XML.sub("", text)
+
+
 def _sub(parent: Any, tag: str, text: str | None = None) -> Any:
+    """Every text of the document is written here, and so passes ``xml_text``."""
     el = etree.SubElement(parent, f"{{{CAP_NS}}}{tag}")
     if text is not None:
-        el.text = text
+        el.text = xml_text(text)
     return el
 
 

@@ -26,6 +26,7 @@ from alerts.cap import (
     cap_time,
     msg_type,
     validate_cap,
+    xml_text,
 )
 from geo.zones import Zone
 from tests.cap_schema import EXAMPLES, REPO, cap_schema
@@ -340,6 +341,43 @@ def test_any_small_polygon_gives_a_valid_document(shape: Polygon, severity: int,
         pts = pairs(polygon)
         assert pts[0] == pts[-1] and 4 <= len(pts) <= MAX_POLYGON_POINTS + 1
         assert signed_area(pts) >= 0
+
+
+# --- text from anywhere ------------------------------------------------------------------------
+
+# Every character, surrogates and controls included, and the sequences terminals act on.
+any_text = st.lists(
+    st.one_of(st.characters(exclude_categories=()),
+              st.sampled_from(["\x1b[31m", "\x9b2J", "\x1b]0;x\x07", "\r\n", "\ufffe", "\uffff",
+                               "\x85", "\x7f", "\x00", "积水"])),
+    max_size=30).map("".join)
+
+
+def test_the_reported_title_gives_a_valid_document() -> None:
+    # Issue 9: a camera's building_id put these characters into the title; lxml refused them.
+    title = "Falling object from B-\u0007\u001b[31m at Tower B-0042 east facade"
+    xml = alert_to_cap(alert(hazard="falling_object", title=title), ZONE)
+    assert_valid(xml)
+    assert text(parse(xml), "//c:info/c:headline") == \
+        "Falling object from B-[31m at Tower B-0042 east facade"
+
+
+@settings(max_examples=200, deadline=None)
+@given(title=any_text, value=any_text, zone_name=any_text, zone_id=any_text,
+       kind=st.sampled_from(list(KINDS)))
+def test_any_text_in_any_field_gives_a_valid_document(title: str, value: str, zone_name: str,
+                                                      zone_id: str, kind: str) -> None:
+    # Titles and evidence come from devices, zone names and ids from the operator's files: none
+    # of them may break the document, whatever the decoder and the config let through.
+    a = {**KINDS[kind], "title": title, "zone_id": zone_id, "work_order_id": value,
+         "evidence": [{"device_id": value, "building_id": value, "text": value}]}
+    for zone in (Zone(zone_id, zone_name, "fall_zone", SQUARE), None):
+        xml = alert_to_cap(a, zone)
+        assert_valid(xml)
+        doc = parse(xml)
+        if xml_text(title):
+            assert text(doc, "//c:info/c:headline") == xml_text(title)  # only those dropped
+        assert xml_text(value) in text(doc, "//c:info/c:description") or kind.startswith("Cancel")
 
 
 # --- the validator catches what the XSD does not ----------------------------------------------
