@@ -335,9 +335,16 @@ def cap_polygons(geom: BaseGeometry) -> list[str]:
                 pairs.append(pair)
         if pairs and pairs[0] != pairs[-1]:
             pairs.append(pairs[0])
-        if len(set(pairs)) >= 3 and len(pairs) >= 4:  # else too small for 6 decimals: a circle
+        if len(set(pairs)) >= 3 and len(pairs) >= 4 and _simple_ccw(pairs):
             out.append(" ".join(pairs))
+        # else too small for 6 decimals (rounding left a line or a knot): a circle instead
     return out
+
+
+def _simple_ccw(pairs: list[str]) -> bool:
+    """The rounded ring still encloses an area, without crossing itself, counter-clockwise."""
+    ring = Polygon([(float(lon), float(lat)) for lat, lon in (p.split(",") for p in pairs)])
+    return bool(ring.is_valid and ring.area > 0 and ring.exterior.is_ccw)
 
 
 def cap_circle(geom: BaseGeometry) -> str:

@@ -314,6 +314,19 @@ def test_a_zone_too_small_for_six_decimals_becomes_a_circle() -> None:
     assert re.fullmatch(r"31\.31,120\.62 0\.00\d", circle)
 
 
+def test_a_ring_that_rounding_ties_in_a_knot_becomes_a_circle() -> None:
+    # Found by the property test below: at 6 decimals this ring of half-micro-degree steps
+    # becomes 31.31,0 31.31,0.000001 31.309999,0 31.31,0 ... which crosses itself, clockwise.
+    knot = Polygon([(2.4e-07, 31.31), (8.3e-07, 31.31000044), (3.8e-07, 31.31000021),
+                    (0.0, 31.31000025), (-5e-07, 31.3100002), (-4.2e-07, 31.31000044),
+                    (-3.4e-07, 31.31), (-3e-07, 31.30999958), (-3.6e-07, 31.3099998),
+                    (0.0, 31.30999931), (3.5e-07, 31.30999922), (6.4e-07, 31.3099997)])
+    assert cap_polygons(knot) == []
+    xml = alert_to_cap(alert(), Zone("k", "Knot", "fall_zone", knot))
+    assert_valid(xml)
+    assert texts(parse(xml), "//c:area/c:circle")
+
+
 @st.composite
 def small_polygons(draw: st.DrawFn) -> Polygon:
     """Star-shaped (hence simple) polygons anywhere on Earth, from centimetres to 50 km."""
