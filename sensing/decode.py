@@ -132,9 +132,8 @@ _CONTROL_RE: Final = re.compile(f"[{_CONTROLS}\t\n\r]")
 # An escape sequence goes as a whole: dropping only ESC would leave "[31m" behind. CSI (ESC [ or
 # the 8-bit CSI, parameters, intermediates, a final byte), else ESC and the one character after.
 _ESCAPE_RE: Final = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?|\x1b[ -/]*[0-~]?")
-_LABEL_DROP_RE: Final = re.compile(f"[{_CONTROLS}]+")
-_LABEL_SPACE_RE: Final = re.compile(r"[\t\n\r]+")
-_TEXT_DROP_RE: Final = re.compile(f"[{_CONTROLS}]+")
+_DROP_RE: Final = re.compile(f"[{_CONTROLS}]+")
+_LINE_BREAKS_RE: Final = re.compile(r"[\t\n\r]+")
 
 TextForm = Literal["identifier", "label", "text"]
 
@@ -150,8 +149,8 @@ def clean_text(value: str, form: TextForm) -> str:
         return value  # nearly every string: one scan, no copy
     value = _ESCAPE_RE.sub("", value)
     if form == "text":
-        return _TEXT_DROP_RE.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
-    return _LABEL_SPACE_RE.sub(" ", _LABEL_DROP_RE.sub("", value)).strip()
+        return _DROP_RE.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
+    return _LINE_BREAKS_RE.sub(" ", _DROP_RE.sub("", value)).strip()
 
 
 @dataclass(frozen=True, slots=True)
