@@ -218,7 +218,8 @@ class Service:
         self.pipeline.submit(message)
 
     def _dead_letter(self, rej: Rejection) -> None:
-        log.warning("rejected %s from device %s: %s (%s)", rej.topic, rej.device_id or "?",
+        # %r: a refused topic is as the device sent it, control characters included.
+        log.warning("rejected %r from device %s: %s (%s)", rej.topic, rej.device_id or "?",
                     rej.reason, rej.detail)
         body = {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
                 "payload": rej.payload[:4096].decode("utf-8", "replace"),
