@@ -14,6 +14,7 @@ The broker imports this module by name (see ``citywatch.embedded``), in its own 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -31,7 +32,7 @@ _T = TypeVar("_T")
 class _Watched(Generic[_T]):
     """A file parsed again whenever its modification time or size changes."""
 
-    def __init__(self, path: Path, parse: type[_T] | object) -> None:
+    def __init__(self, path: Path, parse: Callable[[str], _T]) -> None:
         self.path = path
         self._parse = parse
         self._stamp: tuple[int, int] | None = None
@@ -44,12 +45,12 @@ class _Watched(Generic[_T]):
             self._stamp, self._value = None, None  # no file: nobody gets in
             return None
         if (st.st_mtime_ns, st.st_size) != self._stamp:
-            self._value = self._parse(self.path.read_text(encoding="utf-8"))  # type: ignore[operator]
+            self._value = self._parse(self.path.read_text(encoding="utf-8"))
             self._stamp = (st.st_mtime_ns, st.st_size)
         return self._value
 
 
-class PasswordFileAuth(BaseAuthPlugin):
+class PasswordFileAuth(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped here
     """Username and secret against a Mosquitto password file; client id must be the username."""
 
     @dataclass
@@ -73,7 +74,7 @@ class PasswordFileAuth(BaseAuthPlugin):
         return hashed is not None and verify_secret(session.password, hashed)
 
 
-class AclFileTopics(BaseTopicPlugin):
+class AclFileTopics(BaseTopicPlugin):  # type: ignore[misc]
     """Publish and subscribe checked against a Mosquitto ACL file (the subset citywatch writes)."""
 
     @dataclass

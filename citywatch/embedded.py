@@ -427,8 +427,9 @@ def mosquitto_config(port: int, data_dir: Path, *, anonymous: bool = False,
         raise EmbeddedError(f"Mosquitto cannot use a data directory with spaces: {data_dir}")
     template = importlib.resources.files("citywatch").joinpath("mosquitto.conf")
     text = template.read_text(encoding="utf-8")
-    return (text.replace("@ACCESS@", _access_settings(data_dir, anonymous))
-            .replace("@TLS@", _tls_settings(tls, tls_files))
+    # Whole lines only: the template's comments name the placeholders too.
+    return (text.replace("\n@ACCESS@\n", f"\n{_access_settings(data_dir, anonymous)}\n")
+            .replace("\n@TLS@\n", f"\n{_tls_settings(tls, tls_files)}\n")
             .replace("@PORT@", str(port)).replace("@DATA_DIR@", str(data_dir)))
 
 

@@ -70,7 +70,8 @@ class MqttLink:
     def __init__(self, url: str, client_id: str, subscriptions: Sequence[str],
                  on_message: Callable[[Inbound], None], *, protocol: str = "5",
                  session_expiry_s: int = 86400, receive_maximum: int = 1000,
-                 keepalive_s: int = 30, manual_ack: bool = True) -> None:
+                 keepalive_s: int = 30, manual_ack: bool = True,
+                 ca_file: str | None = None) -> None:
         self.address = BrokerAddress.parse(url)
         self._subs = tuple(subscriptions)
         self._on_message = on_message
@@ -89,7 +90,8 @@ class MqttLink:
         if self.address.username:
             self._client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            self._client.tls_set()
+            # ca_file: a private CA (the embedded broker's own); otherwise the system's CAs.
+            self._client.tls_set(ca_certs=ca_file)
         # Dispatches queued while the broker is away are kept and sent on reconnect.
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)

@@ -62,7 +62,7 @@ def test_mosquitto_round_trip_and_persistent_session(
     if find_mosquitto() is None:
         require_service("mosquitto is not installed (apt-get install mosquitto)")
     data_dir = tmp_path / "broker"
-    with start_broker(data_dir, prefer="mosquitto", fallback=False) as broker:
+    with start_broker(data_dir, prefer="mosquitto", fallback=False, anonymous=True) as broker:
         assert (broker.kind, broker.protocol) == ("mosquitto", "5")
         assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
         inbox = Inbox()
@@ -82,7 +82,7 @@ def test_mosquitto_round_trip_and_persistent_session(
 
     # The queued message survives a broker restart (persistence) and is delivered on reconnect
     # without subscribing again.
-    with start_broker(data_dir, prefer="mosquitto", fallback=False) as broker:
+    with start_broker(data_dir, prefer="mosquitto", fallback=False, anonymous=True) as broker:
         inbox = Inbox()
         mqtt_client_factory("engine", url=broker.url, clean_start=False, session_expiry_s=3600,
                             on_message=inbox)
@@ -94,7 +94,8 @@ def test_amqtt_fallback_speaks_mqtt_311_and_round_trips(
         tmp_path: Path, mqtt_client_factory: MqttClientFactory) -> None:
     if importlib.util.find_spec("amqtt") is None:
         require_service("the amqtt package is not installed (pip install amqtt)")
-    with start_broker(tmp_path / "amqtt", prefer="amqtt", fallback=False) as broker:
+    with start_broker(tmp_path / "amqtt", prefer="amqtt", fallback=False,
+                      anonymous=True) as broker:
         assert (broker.kind, broker.protocol) == ("amqtt", "3.1.1")
         assert mqtt_protocol("127.0.0.1", broker.port) == "3.1.1"  # an MQTT 5 CONNECT is refused
         inbox = Inbox()
