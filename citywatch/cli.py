@@ -263,7 +263,12 @@ def _port_if_free(port: int) -> int | None:
 
 
 def _redact_db(url: str) -> str:
-    return url.split("?", maxsplit=1)[0]
+    """The URL without its query and password (it is printed)."""
+    parts = urlsplit(url.split("?", maxsplit=1)[0])
+    if parts.password is None:
+        return parts.geturl()
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
 
 
 def _run(config: Config, args: argparse.Namespace, *, with_simulators: bool) -> int:

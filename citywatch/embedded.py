@@ -576,6 +576,10 @@ def _start_one_broker(kind: BrokerKind, data_dir: Path, *, port: int | None, tim
             raise
         log.info("embedded %s broker on mqtt://%s:%d (MQTT %s%s)", kind, LOOPBACK, chosen,
                  protocol, ", anonymous" if anonymous else ", authenticated")
+        if kind == "amqtt" and not anonymous:
+            log.warning("amqtt 0.12.1 ends a session when anyone connects with its client id, "
+                        "before it checks the newcomer's credentials: the engine's session is "
+                        "not safe from being cut off. Install Mosquitto for production use.")
         return EmbeddedBroker(proc, lock, data_dir, chosen, log_path, kind=kind, protocol=protocol,
                               anonymous=anonymous, tls=tls, tls_files=tls_files)
     raise AssertionError("unreachable")
