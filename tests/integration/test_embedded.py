@@ -13,8 +13,6 @@ import psycopg
 import pytest
 
 from alerts import store as alert_store
-from sensing import store
-
 from citywatch.embedded import (
     find_mosquitto,
     mosquitto_config,
@@ -22,6 +20,7 @@ from citywatch.embedded import (
     start_broker,
     start_database,
 )
+from sensing import store
 from tests.fix_broker import MqttClientFactory, require_service, subscribe
 
 pytestmark = pytest.mark.integration
