@@ -143,7 +143,7 @@ def test_a_team_and_a_device_cannot_share_a_username() -> None:
     with pytest.raises(ConfigError, match=r"teams\[0\]\.id: 'wl-01' is also a device id"):
         parse_config(config_data(teams=[{"id": "wl-01", "name": "T", "department": "d"}]),
                      env={})
-    with pytest.raises(ConfigError, match="broker.client_id: 'wl-01' is also a device id"):
+    with pytest.raises(ConfigError, match=r"broker\.client_id: 'wl-01' is also a device id"):
         parse_config(config_data(broker={"client_id": "wl-01"}), env={})
     cfg = parse_config(config_data(broker={"tls": {"enabled": True, "port": 8884},
                                            "ca_file": "ca.crt"}), env={}, base_dir=Path("/c"))
