@@ -30,12 +30,13 @@ _T = TypeVar("_T")
 
 
 class _Watched(Generic[_T]):
-    """A file parsed again whenever its modification time or size changes."""
+    """A file parsed again whenever it is replaced (citywatch writes a new file and renames it
+    into place) or its modification time or size changes."""
 
     def __init__(self, path: Path, parse: Callable[[str], _T]) -> None:
         self.path = path
         self._parse = parse
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._value: _T | None = None
 
     def get(self) -> _T | None:
@@ -44,9 +45,10 @@ class _Watched(Generic[_T]):
         except OSError:
             self._stamp, self._value = None, None  # no file: nobody gets in
             return None
-        if (st.st_mtime_ns, st.st_size) != self._stamp:
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
             self._value = self._parse(self.path.read_text(encoding="utf-8"))
-            self._stamp = (st.st_mtime_ns, st.st_size)
+            self._stamp = stamp
         return self._value
 
 
