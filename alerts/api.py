@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import psycopg
 from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -92,8 +93,12 @@ def create_app(deps: ApiDeps) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        return deps.health()
+    def health() -> JSONResponse:
+        body = deps.health()
+        # 503 (same body) when the pipeline is stuck or a worker is dead: a monitor or load
+        # balancer notices without parsing JSON; "degraded" (a service down, a warning) stays 200.
+        return JSONResponse(jsonable_encoder(body),
+                            status_code=503 if body.get("status") == "failing" else 200)
 
     @app.get("/api/zones")
     def zones() -> dict[str, Any]:

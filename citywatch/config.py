@@ -66,6 +66,9 @@ class DatabaseConfig(_Strict):
     batch_wait_ms: int = Field(default=50, ge=0, description="how long a batch may wait to fill")
     retention_days: int = Field(default=90, ge=1,
                                 description="telemetry older than this is dropped")
+    outbox_keep_days: int = Field(
+        default=7, ge=1, description="a published outbox row (dispatch, zone state) is deleted "
+        "this many days after it was sent; an unsent one is never deleted")
 
     @field_validator("url")
     @classmethod
@@ -80,6 +83,16 @@ class HttpConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
 
 
+class HealthConfig(_Strict):
+    stuck_after_s: float = Field(
+        default=60, gt=0, description="GET /api/health answers 503 when a worker (ingest, outbox) "
+        "has had work waiting this long without progress, e.g. the database refusing a batch")
+    warn_for_s: float = Field(
+        default=600, gt=0, description="how long a drop (broker queue full, QoS 0 beyond the "
+        "ingest budget) or a message dead-lettered for an internal error keeps a warning in "
+        "GET /api/health")
+
+
 class ZonesConfig(_Strict):
     file: Path = Field(description="GeoJSON of zones, relative to this config file")
 
@@ -87,6 +100,26 @@ class ZonesConfig(_Strict):
 class PresenceConfig(_Strict):
     silence_timeout_s: float = Field(default=180, gt=0,
                                      description="no telemetry this long: offline")
+
+
+class ClocksConfig(_Strict):
+    """The server's clock against the devices': time moves when no reading arrives, and a
+    device whose clock is off is evaluated on the server's timeline (stored as sent)."""
+
+    tick_every_s: float = Field(
+        default=5, gt=0, description="how often the rules are moved on the server's clock "
+        "(silence, timed clears) when no reading moves them")
+    allowance_s: float = Field(
+        default=30, ge=0, description="the rules are moved to the server's clock less this, so "
+        "a reading in transit this long is still on time (the reorder window comes on top); "
+        "no tick runs while a backlog older than this drains")
+    skew_tolerance_s: float = Field(
+        default=60, gt=0, description="a device whose clock is further than this ahead of or "
+        "behind the fleet's is corrected (and flagged in health)")
+    skew_confirm_s: float = Field(
+        default=60, ge=0, description="a device behind the fleet is corrected once its offset "
+        "has held this long, so that its own backlog is not taken for a slow clock; ahead is "
+        "corrected at once")
 
 
 class Department(_Strict):
@@ -166,6 +199,21 @@ class WorkOrdersConfig(_Strict):
         default=3, ge=1, description="sends before an unacknowledged dispatch escalates")
     check_every_s: float = Field(
         default=5, gt=0, description="how often deadlines and dispatches are checked")
+    keep_days: int = Field(
+        default=1830, ge=1, description="a resolved or closed order, with its history, "
+        "dispatches and alerts, is deleted this many days after it was last touched; 5 years "
+        "outlives the 3-year limitation period for damage claims (PRC Civil Code art. 188) and "
+        "leaves year-on-year comparisons")
+    evidence_keep_first: int = Field(
+        default=20, ge=1, description="evidence entries kept from the start of an alert (what "
+        "raised it)")
+    evidence_keep_last: int = Field(
+        default=80, ge=1, description="newest evidence entries kept; those between are dropped "
+        "and counted in the alert's evidence_dropped")
+    history_repeats_max: int = Field(
+        default=50, ge=1, description="repetitive system lines per order (report merged, "
+        "dispatch repeated, level eased, hazard back) listed in its history; later ones are "
+        "counted in one summary line. State changes and people's answers are always kept")
 
     @field_validator("respond_within_min", "resolve_within_min")
     @classmethod
@@ -189,8 +237,10 @@ class Config(_Strict):
     broker: BrokerConfig = BrokerConfig()
     database: DatabaseConfig = DatabaseConfig()
     http: HttpConfig = HttpConfig()
+    health: HealthConfig = HealthConfig()
     zones: ZonesConfig
     presence: PresenceConfig = PresenceConfig()
+    clocks: ClocksConfig = ClocksConfig()
     rules: RulesParams
     departments: tuple[Department, ...]
     teams: tuple[Team, ...]

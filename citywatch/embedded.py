@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -45,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +54,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import psycopg
 from psycopg import sql
+
+from sensing.limits import MAX_PACKET_BYTES
 
 if TYPE_CHECKING:
     from citywatch.tls import TlsFiles
@@ -419,18 +422,29 @@ def _tls_settings(tls: TlsListener | None, files: TlsFiles | None) -> str:
     ))
 
 
-def mosquitto_config(port: int, data_dir: Path, *, anonymous: bool = False,
-                     tls: TlsListener | None = None, tls_files: TlsFiles | None = None) -> str:
-    """The shipped tuned configuration with the listener port, the data directory and the access
-    settings filled in: authenticated from the files in ``data_dir`` unless ``anonymous``."""
+def mosquitto_config(port: int, data_dir: Path, settings: Mapping[str, str] | None = None, *,
+                     anonymous: bool = False, tls: TlsListener | None = None,
+                     tls_files: TlsFiles | None = None) -> str:
+    """The shipped tuned configuration with the listener port, the data directory, the packet
+    limit and the access settings filled in: authenticated from the files in ``data_dir``
+    unless ``anonymous``. ``settings`` replaces the value of a setting (tests: a tiny queue, a
+    fast $SYS interval); a setting the file does not have is added at the end."""
     if any(c.isspace() for c in str(data_dir)):
         raise EmbeddedError(f"Mosquitto cannot use a data directory with spaces: {data_dir}")
     template = importlib.resources.files("citywatch").joinpath("mosquitto.conf")
-    text = template.read_text(encoding="utf-8")
-    # Whole lines only: the template's comments name the placeholders too.
-    return (text.replace("\n@ACCESS@\n", f"\n{_access_settings(data_dir, anonymous)}\n")
+    # Whole lines only for the multi-line ones.
+    text = (template.read_text(encoding="utf-8")
+            .replace("\n@ACCESS@\n", f"\n{_access_settings(data_dir, anonymous)}\n")
             .replace("\n@TLS@\n", f"\n{_tls_settings(tls, tls_files)}\n")
-            .replace("@PORT@", str(port)).replace("@DATA_DIR@", str(data_dir)))
+            .replace("@PORT@", str(port)).replace("@DATA_DIR@", str(data_dir))
+            .replace("@MAX_PACKET_SIZE@", str(MAX_PACKET_BYTES)))
+    for key, value in (settings or {}).items():
+        if not re.fullmatch(r"[a-z_0-9]+", key) or "\n" in value:
+            raise EmbeddedError(f"not a Mosquitto setting: {key!r} {value!r}")
+        text, n = re.subn(rf"^{key} .*$", f"{key} {value}", text, flags=re.MULTILINE)
+        if n == 0:
+            text += f"{key} {value}\n"
+    return text
 
 
 def write_access_files(data_dir: Path, passwords: str, acl: str) -> None:
@@ -517,14 +531,15 @@ class EmbeddedBroker(_Service):
         return f"EmbeddedBroker(kind={self.kind!r}, url={self.url!r}, protocol={self.protocol!r})"
 
 
-def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Account | None, *,
-                   anonymous: bool, tls: TlsListener | None, tls_files: TlsFiles | None
+def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Account | None,
+                   settings: Mapping[str, str] | None = None, *, anonymous: bool,
+                   tls: TlsListener | None, tls_files: TlsFiles | None
                    ) -> tuple[subprocess.Popen[bytes], Path]:
     if kind == "mosquitto":
         exe = find_mosquitto()
         assert exe is not None
         conf = data_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(port, data_dir, anonymous=anonymous, tls=tls,
+        conf.write_text(mosquitto_config(port, data_dir, settings, anonymous=anonymous, tls=tls,
                                          tls_files=tls_files), encoding="utf-8")
         log_path = data_dir / "mosquitto.log"
         # As root, Mosquitto runs as the service user from the start (its own `user` switch
@@ -555,14 +570,15 @@ def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Accoun
 
 def _start_one_broker(kind: BrokerKind, data_dir: Path, *, port: int | None, timeout: float,
                       account: _Account | None, lock: _DirLock, anonymous: bool,
-                      tls: TlsListener | None, tls_files: TlsFiles | None) -> EmbeddedBroker:
+                      tls: TlsListener | None, tls_files: TlsFiles | None,
+                      settings: Mapping[str, str] | None = None) -> EmbeddedBroker:
     if kind == "mosquitto":
         _hand_over(data_dir, account)
         _make_reachable(data_dir, account)
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         chosen = port if port is not None else free_port()
-        proc, log_path = _launch_broker(kind, data_dir, chosen, account, anonymous=anonymous,
-                                        tls=tls, tls_files=tls_files)
+        proc, log_path = _launch_broker(kind, data_dir, chosen, account, settings,
+                                        anonymous=anonymous, tls=tls, tls_files=tls_files)
         (data_dir / "broker.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
         try:
             probe = functools.partial(mqtt_protocol, LOOPBACK, chosen, 1.0)
@@ -587,12 +603,14 @@ def _start_one_broker(kind: BrokerKind, data_dir: Path, *, port: int | None, tim
 
 def start_broker(data_dir: Path, port: int | None = None, *, prefer: BrokerKind = "mosquitto",
                  fallback: bool = True, timeout: float = 20.0, anonymous: bool = False,
-                 tls: TlsListener | None = None) -> EmbeddedBroker:
+                 tls: TlsListener | None = None,
+                 settings: Mapping[str, str] | None = None) -> EmbeddedBroker:
     """Start an MQTT broker on 127.0.0.1 keeping its state in ``data_dir``; ready when returned.
 
     Mosquitto (tuned, persistent) unless it is missing or fails, then amqtt; ``prefer="amqtt"``
     tries amqtt first, and ``fallback=False`` tries only the preferred one. ``port=None`` picks
-    a free port. Raises EmbeddedError saying what to install when none starts.
+    a free port. ``settings`` overrides Mosquitto settings (see ``mosquitto_config``). Raises
+    EmbeddedError saying what to install when none starts.
 
     Clients authenticate against the password and ACL files in ``data_dir`` (empty until
     :func:`write_access_files` fills them: nobody may connect); ``anonymous=True`` lets anyone
@@ -625,7 +643,7 @@ def start_broker(data_dir: Path, port: int | None = None, *, prefer: BrokerKind 
             try:
                 return _start_one_broker(kind, data_dir, port=port, timeout=timeout,
                                          account=account, lock=lock, anonymous=anonymous,
-                                         tls=tls, tls_files=tls_files)
+                                         tls=tls, tls_files=tls_files, settings=settings)
             except EmbeddedError as exc:
                 log.warning("embedded %s broker failed to start: %s", kind, exc)
                 failures.append(f"{kind}: {exc}")

@@ -514,6 +514,9 @@ broker:
   url: embedded          # citywatch runs its own broker; or mqtt://user:pass@host:1883
 database:
   url: embedded          # citywatch runs its own PostgreSQL; or postgresql://user@host:5432/db
+  retention_days: 90     # telemetry, events and rejections older than this are dropped
+  outbox_keep_days: 7    # a published dispatch or zone state is deleted 7 days after it was sent;
+                         #   one not yet sent is never deleted
 http:
   host: 127.0.0.1
   port: 8080
@@ -609,6 +612,17 @@ rules:
     # With N > 0, readings are held N seconds so that any disorder up to N gives exactly the
     # alerts of an in-order run, at the cost of N seconds of delay.
     reorder_window_s: 0
+
+# Deadlines, re-dispatch and escalation keep their defaults (citywatch/config.py). What one
+# incident may grow, and how long finished work is kept:
+work_orders:
+  evidence_keep_first: 20     # an alert keeps its first 20 evidence entries (what raised it) and
+  evidence_keep_last: 80      #   its newest 80; those between are counted in evidence_dropped
+  history_repeats_max: 50     # repetitive system lines per order (report merged, dispatch repeated,
+                              #   level eased); later ones are counted in one summary line
+  # A resolved or closed order with its history and alerts is deleted 5 years after it was last
+  # touched: longer than the 3-year limitation period for damage claims (PRC Civil Code art. 188).
+  keep_days: 1830
 
 # Four levels: municipal, district, street (jiedao), grid.
 departments:

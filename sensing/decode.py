@@ -20,6 +20,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, cast
 
+from sensing.limits import MAX_PAYLOAD_BYTES
 from sensing.models import DispatchAck, Event, Position, Rejection, Status, Telemetry
 from sensing.topics import Topic, TopicError, is_kind, parse_dispatch_ack_topic
 
@@ -494,6 +495,11 @@ class _Kind:
     events: Mapping[str, EventSpec]
 
 
+# Far enough for a device whose clock is a day ahead (stored as sent, evaluated on the server's
+# timeline: citywatch.clocks); a week ahead, or year 9999, is no clock error but garbage.
+MAX_FUTURE_S: Final = 2 * 86400
+
+
 class Decoder:
     """Turns ``(topic, payload)`` into :class:`Telemetry`, :class:`Event`, :class:`Status` or a
     :class:`Rejection`.
@@ -507,8 +513,8 @@ class Decoder:
         registry: Mapping[str, str],
         kinds: Mapping[str, KindSpec] = BUILTIN_KINDS,
         *,
-        max_bytes: int = 65536,
-        max_future_s: float = 300,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+        max_future_s: float = MAX_FUTURE_S,
         min_year: int = 2000,
         max_depth: int = 32,
     ) -> None:

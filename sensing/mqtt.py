@@ -1,9 +1,13 @@
 """The paho adapter: paho ends here.
 
 The network-thread callback only wraps the message into an ``Inbound`` and hands it on; nothing
-slow runs there. Messages are acknowledged to the broker (MQTT 5 manual ack) only when the caller
+slow runs there (what the receiver does when its queue is full is its own documented choice).
+Messages are acknowledged to the broker (MQTT 5 manual ack) only when the caller
 says they are safely stored, so a crash between receipt and commit loses nothing: the broker keeps
 them in our persistent session and redelivers them.
+
+``monitor`` topics (the broker's ``$SYS`` counters) are subscribed at QoS 0 and handed to
+``on_monitor`` instead: they are the broker's own bookkeeping, not device messages, and need no ack.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from sensing.limits import ENGINE_MAX_PACKET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,8 @@ class MqttLink:
                  on_message: Callable[[Inbound], None], *, protocol: str = "5",
                  session_expiry_s: int = 86400, receive_maximum: int = 1000,
                  keepalive_s: int = 30, manual_ack: bool = True,
+                 max_packet_bytes: int = ENGINE_MAX_PACKET_BYTES, monitor: Sequence[str] = (),
+                 on_monitor: Callable[[str, bytes], None] | None = None,
                  ca_file: str | None = None) -> None:
         self.address = BrokerAddress.parse(url)
         self._subs = tuple(subscriptions)
@@ -79,6 +87,9 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
         self._keepalive = keepalive_s
+        self._max_packet_bytes = max_packet_bytes
+        self._monitor = tuple(monitor)
+        self._on_monitor = on_monitor
         self.connected = threading.Event()
         self.connects = 0
         self._stopping = False
@@ -100,15 +111,25 @@ class MqttLink:
         self._client.on_message = self._handle_message
         self._client.on_socket_open = no_delay
 
+    def connect_properties(self) -> Properties | None:
+        """MQTT 5 CONNECT properties: our session, and how much the broker may send us at once.
+
+        Receive Maximum bounds the QoS 1 messages in flight to us (unacknowledged); Maximum Packet
+        Size makes the broker hold back any packet larger than we accept. MQTT 3.1.1 has neither.
+        """
+        if not self._v5:
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry_s
+        props.ReceiveMaximum = self._receive_maximum
+        props.MaximumPacketSize = self._max_packet_bytes
+        return props
+
     def start(self) -> None:
-        props = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._session_expiry_s
-            props.ReceiveMaximum = self._receive_maximum
         self._client.connect_async(
             self.address.host, self.address.port, keepalive=self._keepalive,
-            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
+            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=self.connect_properties(),
         )
         self._client.loop_start()
 
@@ -135,8 +156,8 @@ class MqttLink:
             return
         self.connects += 1
         # Subscribing again is harmless with a persistent session and needed after it expired.
-        if self._subs:
-            client.subscribe([(t, 1) for t in self._subs])
+        if self._subs or self._monitor:
+            client.subscribe([(t, 1) for t in self._subs] + [(t, 0) for t in self._monitor])
         self.connected.set()
         log.info("connected to broker %s:%s", self.address.host, self.address.port)
 
@@ -149,5 +170,8 @@ class MqttLink:
 
     def _handle_message(self, _client: mqtt.Client, _userdata: object,
                         msg: mqtt.MQTTMessage) -> None:
+        if self._on_monitor is not None and msg.topic.startswith("$SYS/"):
+            self._on_monitor(msg.topic, bytes(msg.payload))
+            return
         self._on_message(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
                                  datetime.now(UTC)))

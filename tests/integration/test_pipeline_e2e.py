@@ -23,6 +23,7 @@ import pytest
 
 from citywatch.config import Config, load_config
 from citywatch.service import Endpoints, Service
+from sensing.limits import MAX_PAYLOAD_BYTES
 from tests.fix_broker import connect, subscribe
 
 pytestmark = pytest.mark.integration
@@ -207,11 +208,15 @@ BAD_PAYLOADS: list[tuple[str, str, bytes]] = [
     ("nul_character", "city/camera/cam-01/event",
      b'{"ts": "2026-11-23T08:15:00Z", "seq": 1, "event_id": "a\\u0000b", '
      b'"type": "falling_object", "confidence": 0.9, "impact": [120.6, 31.3]}'),
-    # 100,000 deep is 200 KB: refused by size before any parser sees it; 20,000 deep fits the
-    # size limit and must be refused without the parser's recursion blowing up.
-    ("too_large", f"city/water/{GAUGE}/telemetry", b"[" * 100_000 + b"]" * 100_000),
+    # Just over the decoder's limit (and within the broker's packet limit, which leaves room for
+    # the framing; larger packets are refused by the broker itself: test_supervision): refused by
+    # size before any parser sees it. 20,000 deep fits the size limit and must be refused without
+    # the parser's recursion blowing up.
+    ("too_large", f"city/water/{GAUGE}/telemetry",
+     b"[" * (MAX_PAYLOAD_BYTES // 2 + 1) + b"]" * (MAX_PAYLOAD_BYTES // 2 + 1)),
     ("too_deep", f"city/water/{GAUGE}/telemetry", b"[" * 20_000 + b"]" * 20_000),
-    ("too_large", f"city/water/{GAUGE}/telemetry", b'{"pad": "' + b"x" * 1_000_000 + b'"}'),
+    ("too_large", f"city/water/{GAUGE}/telemetry",
+     b'{"pad": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}'),
     ("bad_timestamp", f"city/water/{GAUGE}/telemetry",
      b'{"ts": "10000-01-01T00:00:00Z", "seq": 12, "values": {"water_depth_cm": 1}}'),
     ("bad_timestamp", f"city/water/{GAUGE}/telemetry",

@@ -56,6 +56,10 @@ def test_the_shipped_config_is_valid() -> None:
     ("routing.0.team", "ghost-team", "routing[0].team: 'ghost-team' is not a team id"),
     ("presence.silence_timeout_s", -1,
      "presence.silence_timeout_s: got -1; Input should be greater"),
+    ("database.outbox_keep_days", 0, "database.outbox_keep_days: got 0; Input should be greater"),
+    ("work_orders.keep_days", "forever", "work_orders.keep_days: got 'forever'; Input should be"),
+    ("work_orders.evidence_keep_last", 0,
+     "work_orders.evidence_keep_last: got 0; Input should be greater"),
 ])
 def test_a_bad_value_is_named_with_what_was_expected(raw: dict[str, Any], path: str, value: Any,
                                                      expected: str) -> None:
@@ -105,3 +109,12 @@ def test_unreadable_or_malformed_files_say_so(tmp_path: Path) -> None:
     bad.write_text("- just a list\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(bad, env={})
+
+
+def test_health_limits_have_defaults_and_are_checked(raw: dict[str, Any]) -> None:
+    cfg = parse_config(raw, env={})
+    assert (cfg.health.stuck_after_s, cfg.health.warn_for_s) == (60, 600)
+    cfg = parse_config({**raw, "health": {"stuck_after_s": 5}}, env={})
+    assert cfg.health.stuck_after_s == 5
+    with pytest.raises(ConfigError, match=r"health.stuck_after_s: got 0; Input should be greater"):
+        parse_config({**raw, "health": {"stuck_after_s": 0}}, env={})

@@ -10,6 +10,7 @@ import pytest
 
 from sensing.decode import (
     BUILTIN_KINDS,
+    MAX_FUTURE_S,
     REASONS,
     Decoder,
     EventSpec,
@@ -519,9 +520,9 @@ def test_parse_timestamp(text: str, expected: datetime) -> None:
 
 
 def test_timestamp_just_inside_the_future_limit(decoder: Decoder) -> None:
-    ts = (NOW + timedelta(seconds=300)).isoformat()
+    ts = (NOW + timedelta(seconds=MAX_FUTURE_S)).isoformat()
     assert isinstance(decoder.decode(WATER, water(ts=ts), NOW), Telemetry)
-    ts = (NOW + timedelta(seconds=300, microseconds=1)).isoformat()
+    ts = (NOW + timedelta(seconds=MAX_FUTURE_S, microseconds=1)).isoformat()
     result = decoder.decode(WATER, water(ts=ts), NOW)
     assert isinstance(result, Rejection)
     assert result.reason == "bad_timestamp"
