@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import queue
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,10 +172,20 @@ def test_a_cluster_that_trusted_everyone_gets_passwords(tmp_path: Path) -> None:
         hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
         with psycopg.connect(db.superuser_url, autocommit=True) as conn:
             conn.execute("SELECT pg_reload_conf()")
+        trusting = f"postgresql://postgres@127.0.0.1:{db.port}"
+        deadline = time.monotonic() + 30  # the server rereads pg_hba.conf in its own time
+        while True:
+            try:
+                psycopg.connect(f"{trusting}/postgres").close()
+                break
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline, "pg_hba.conf was not reloaded"
+                time.sleep(0.1)
+        with psycopg.connect(f"{trusting}/postgres", autocommit=True) as conn:
             conn.execute("DROP DATABASE citywatch")
             conn.execute("CREATE DATABASE citywatch")
             conn.execute("ALTER ROLE postgres PASSWORD NULL")
-        with psycopg.connect(db.role_url("postgres"), autocommit=True) as conn:
+        with psycopg.connect(f"{trusting}/citywatch", autocommit=True) as conn:
             conn.execute("CREATE TABLE old_table (x int)")
     (data / "passwords.json").unlink()
     with start_database(data) as db:
