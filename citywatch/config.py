@@ -30,9 +30,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BrokerTlsConfig(_Strict):
+    enabled: bool = Field(default=False, description="the embedded broker also listens with TLS; "
+                          "its local CA is made on first start: {data-dir}/broker/tls/ca.crt")
+    host: str = Field(default="127.0.0.1", description="address of the TLS listener "
+                      "(0.0.0.0: every interface, for devices on other machines)")
+    port: int = Field(default=8883, ge=1, le=65535)
+
+
 class BrokerConfig(_Strict):
     url: str = Field(default="embedded", description="mqtt://user:pass@host:port, or 'embedded'")
-    client_id: str = Field(default="citywatch-engine", description="stable id: persistent session")
+    client_id: str = Field(default="citywatch-engine", description="stable id: persistent "
+                           "session; also the engine's username on the embedded broker")
+    ca_file: Path | None = Field(default=None, description="the CA certificate that signed an "
+                                 "mqtts:// broker's certificate (default: the system's CAs); "
+                                 "relative to this file")
+    tls: BrokerTlsConfig = BrokerTlsConfig()
     session_expiry_s: int = Field(default=86400, ge=0, description="how long the broker keeps "
                                   "our session and queued messages while we are away")
     keepalive_s: int = Field(default=30, ge=5)
@@ -266,7 +279,23 @@ class Config(_Strict):
             if d.id in seen:
                 raise ValueError(f"devices[{i}].id: {d.id!r} appears twice")
             seen.add(d.id)
+        # Each is a broker username (CONTRACT section 6) and a dispatch topic: they must differ.
+        for i, t in enumerate(self.teams):
+            if t.id in seen:
+                raise ValueError(f"teams[{i}].id: {t.id!r} is also a device id; a team and a "
+                                 "device cannot share a broker username")
+            if t.id == self.broker.client_id:
+                raise ValueError(f"teams[{i}].id: {t.id!r} is the engine's broker.client_id")
+        if self.broker.client_id in seen:
+            raise ValueError(f"broker.client_id: {self.broker.client_id!r} is also a device id")
         return self
+
+    @property
+    def ca_path(self) -> Path | None:
+        ca = self.broker.ca_file
+        if ca is None:
+            return None
+        return ca if ca.is_absolute() else self.base_dir / ca
 
     @property
     def zones_path(self) -> Path:

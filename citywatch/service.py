@@ -102,6 +102,9 @@ class Endpoints:
     broker_url: str
     database_url: str
     broker_protocol: str = "5"
+    # The role that owns the schema, for the migrations at start (default: database_url): the
+    # running service then needs only to read and write rows.
+    database_owner_url: str | None = None
 
 
 def _utc_now() -> datetime:
@@ -159,7 +162,7 @@ class Service:
         zones = load_zones(cfg.zones_path)
         placement = build_placement(cfg, zones)
         db = self.endpoints.database_url
-        with psycopg.connect(db, autocommit=True) as conn:
+        with psycopg.connect(self.endpoints.database_owner_url or db, autocommit=True) as conn:
             mode = sensing_store.migrate(conn, retention_days=cfg.database.retention_days)
             self.storage_mode = (f"timescaledb {mode.timescaledb_version}"
                                  if mode.backend == "timescaledb" else "postgresql")
@@ -182,7 +185,8 @@ class Service:
             protocol=self.endpoints.broker_protocol,
             session_expiry_s=cfg.broker.session_expiry_s,
             receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s,
-            monitor=tuple(SYS_TOPICS), on_monitor=self.broker_stats.update)
+            monitor=tuple(SYS_TOPICS), on_monitor=self.broker_stats.update,
+            ca_file=None if cfg.ca_path is None else str(cfg.ca_path))
         self._outbox = OutboxPublisher(
             db, self._link.publish, self._link.connected.is_set,
             on_sent=lambda topic, _id: self.metrics.published.labels(

@@ -78,7 +78,8 @@ class MqttLink:
                  session_expiry_s: int = 86400, receive_maximum: int = 1000,
                  keepalive_s: int = 30, manual_ack: bool = True,
                  max_packet_bytes: int = ENGINE_MAX_PACKET_BYTES, monitor: Sequence[str] = (),
-                 on_monitor: Callable[[str, bytes], None] | None = None) -> None:
+                 on_monitor: Callable[[str, bytes], None] | None = None,
+                 ca_file: str | None = None) -> None:
         self.address = BrokerAddress.parse(url)
         self._subs = tuple(subscriptions)
         self._on_message = on_message
@@ -100,7 +101,8 @@ class MqttLink:
         if self.address.username:
             self._client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            self._client.tls_set()
+            # ca_file: a private CA (the embedded broker's own); otherwise the system's CAs.
+            self._client.tls_set(ca_certs=ca_file)
         # Dispatches queued while the broker is away are kept and sent on reconnect.
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)

@@ -330,7 +330,8 @@ def test_a_broker_queue_that_overflows_shows_in_health_and_metrics(
     client_id = f"cw-overflow-{uuid.uuid4().hex[:8]}"
     sent, limit = 20, 5
     with start_broker(tmp_path / "broker", prefer="mosquitto", fallback=False,
-                      settings={"max_queued_messages": str(limit), "sys_interval": "1"}) as broker:
+                      settings={"max_queued_messages": str(limit), "sys_interval": "1"},
+                      anonymous=True) as broker:
         with engine(base_config, broker.url, fresh_db_url, client_id) as run:
             h = health_when(run, "the broker's counters",
                             lambda _code, h: h["broker_queue"]["dropped"] is not None)
