@@ -133,6 +133,29 @@ class IngestQueue:
         self._cond.notify_all()
         return message
 
+    def drop_stale(self, session: int) -> int:
+        """Forget queued QoS 1 and 2 messages delivered before connection ``session``: the
+        broker resends them on that connection (the session was kept), so the old copies would
+        only take room and be stored twice. QoS 0 copies are not resent, so they stay. Returns
+        how many were dropped."""
+        with self._cond:
+            keep: collections.deque[tuple[Inbound, int, float]] = collections.deque()
+            dropped = 0
+            for item in self._items:
+                message, size, _since = item
+                if message.qos > 0 and message.session < session:
+                    tally = self._tallies[True]
+                    tally.messages -= 1
+                    tally.bytes -= size
+                    dropped += 1
+                else:
+                    keep.append(item)
+            self._items = keep
+            self.unfinished_tasks = max(self.unfinished_tasks - dropped, 0)
+            if dropped:
+                self._cond.notify_all()
+            return dropped
+
     def task_done(self, n: int = 1) -> None:
         """``n`` taken messages are finished with (stored or given up)."""
         with self._cond:

@@ -113,7 +113,7 @@ class BatchOutcome:
 class Pipeline:
     def __init__(self, *, conninfo: str, decoder: Decoder, engine: Engine, state: EngineState,
                  placement: Placement, alert_store: AlertStore,
-                 ack: Callable[[Sequence[tuple[int, int]]], None],
+                 ack: Callable[[Sequence[Inbound]], None],
                  dead_letter: Callable[[Rejection], None], on_committed: Callable[[], None],
                  metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.05,
                  workers: WorkerLocator | None = None,
@@ -333,7 +333,7 @@ class Pipeline:
         self.clocks = outcome.clock_state
         self._last_input = now
         self._batched = self._batched or outcome.newest is not None  # readings: a fleet lag
-        self._ack([(m.mid, m.qos) for m in batch])
+        self._ack(batch)
         self._clocks_changed(outcome.clock_changes)
         for rej in outcome.rejected:
             self._dead_letter(rej)

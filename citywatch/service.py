@@ -186,7 +186,8 @@ class Service:
             session_expiry_s=cfg.broker.session_expiry_s,
             receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s,
             monitor=tuple(SYS_TOPICS), on_monitor=self.broker_stats.update,
-            ca_file=None if cfg.ca_path is None else str(cfg.ca_path))
+            ca_file=None if cfg.ca_path is None else str(cfg.ca_path),
+            on_session=self._on_session)
         self._outbox = OutboxPublisher(
             db, self._link.publish, self._link.connected.is_set,
             on_sent=lambda topic, _id: self.metrics.published.labels(
@@ -217,6 +218,14 @@ class Service:
         counted = self._restarts_counted.get(worker.name, 0)
         self.metrics.worker_restarts.labels(worker.name).inc(worker.restarts - counted)
         self._restarts_counted[worker.name] = worker.restarts
+
+    def _on_session(self, session: int, kept: bool) -> None:
+        # paho's thread, on every (re)connect, before the new connection's messages arrive.
+        if kept and session > 1:
+            dropped = self.pipeline.ingest_queue.drop_stale(session)
+            if dropped:
+                log.info("reconnected: %d queued messages from the old connection dropped; the "
+                         "broker resends them", dropped)
 
     def _on_message(self, message: Any) -> None:
         self.pipeline.submit(message)
@@ -329,6 +338,9 @@ class Service:
             self._scheduler.shutdown(wait=False)
         for t in self._threads:
             t.join(timeout=5)
+        # paho's thread may be waiting for room in the ingest queue (back-pressure) with the
+        # worker gone: release it, or stopping the link would wait for ever.
+        self.pipeline.ingest_queue.close()
         self._link.stop()
 
     def zone_risk(self) -> dict[str, dict[str, str | int]]:

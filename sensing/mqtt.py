@@ -62,6 +62,9 @@ class Inbound:
     mid: int
     qos: int
     received: datetime
+    # Which connection delivered it (MqttLink.session): a packet id means something only on
+    # the connection that assigned it.
+    session: int = 0
 
 
 def no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
@@ -79,7 +82,8 @@ class MqttLink:
                  keepalive_s: int = 30, manual_ack: bool = True,
                  max_packet_bytes: int = ENGINE_MAX_PACKET_BYTES, monitor: Sequence[str] = (),
                  on_monitor: Callable[[str, bytes], None] | None = None,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None,
+                 on_session: Callable[[int, bool], None] | None = None) -> None:
         self.address = BrokerAddress.parse(url)
         self._subs = tuple(subscriptions)
         self._on_message = on_message
@@ -92,6 +96,8 @@ class MqttLink:
         self._on_monitor = on_monitor
         self.connected = threading.Event()
         self.connects = 0
+        self.session = 0  # +1 on every connect; see ack
+        self._on_session = on_session
         self._stopping = False
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -138,23 +144,33 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def ack(self, mids: Sequence[tuple[int, int]]) -> None:
-        """Acknowledge (mid, qos) pairs, in the order received as MQTT requires."""
-        for mid, qos in mids:
-            if qos > 0:
-                self._client.ack(mid, qos)
+    def ack(self, messages: Sequence[Inbound]) -> None:
+        """Acknowledge stored messages, in the order received as MQTT requires.
+
+        Only those delivered on the current connection: after a reconnect the broker resends what
+        we had not acknowledged, with the same packet ids, and may give an id to another message
+        once the resent copy is acknowledged. Acknowledging an old copy then could acknowledge a
+        message we never stored. The old copy is stored all the same; its resent twin is found a
+        duplicate and acknowledged."""
+        current = self.session
+        for m in messages:
+            if m.qos > 0 and m.session == current:
+                self._client.ack(m.mid, m.qos)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1,
                 retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
-    def _handle_connect(self, client: mqtt.Client, _userdata: object, _flags: mqtt.ConnectFlags,
+    def _handle_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
                         reason: ReasonCode, _props: Properties | None) -> None:
         if reason.is_failure:
             log.error("broker %s:%s refused the connection: %s", self.address.host,
                       self.address.port, reason)
             return
         self.connects += 1
+        self.session += 1
+        if self._on_session is not None:
+            self._on_session(self.session, bool(flags.session_present))
         # Subscribing again is harmless with a persistent session and needed after it expired.
         if self._subs or self._monitor:
             client.subscribe([(t, 1) for t in self._subs] + [(t, 0) for t in self._monitor])
@@ -174,4 +190,4 @@ class MqttLink:
             self._on_monitor(msg.topic, bytes(msg.payload))
             return
         self._on_message(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
-                                 datetime.now(UTC)))
+                                 datetime.now(UTC), self.session))

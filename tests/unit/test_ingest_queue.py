@@ -6,13 +6,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from citywatch.ingest_queue import Budget, IngestQueue, size_of
 from sensing.limits import ENGINE_MAX_PACKET_BYTES
-from sensing.mqtt import Inbound
+from sensing.mqtt import Inbound, MqttLink
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 WAIT_S = 10.0
@@ -126,3 +127,36 @@ def test_budgets_for_a_receive_maximum_hold_every_message_the_broker_may_send() 
 def test_budget_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Budget(0, 10)
+
+
+def test_a_reconnect_drops_the_old_connections_reliable_copies_and_frees_their_room() -> None:
+    q = IngestQueue(Budget(3, 10_000), Budget(10, 10_000))
+    for m in (msg(1), msg(2, qos=0), msg(3)):
+        assert q.put(m)
+    assert q.unfinished_tasks == 3
+    # Connection 2: the broker resends 1 and 3 (same ids); QoS 0 is never resent, so 2 stays.
+    assert q.drop_stale(2) == 2
+    assert [q.get(0).mid] == [2] and q.qsize() == 0
+    assert q.unfinished_tasks == 1  # the QoS 0 one, taken and not yet done
+    fresh = [replace(msg(mid), session=2) for mid in (1, 3, 4)]
+    assert all(q.put(m) for m in fresh)  # the room of the dropped copies is free again
+    assert q.drop_stale(2) == 0
+    q.task_done(4)
+    assert q.unfinished_tasks == 0
+
+
+def test_only_messages_of_the_current_connection_are_acknowledged() -> None:
+    acked: list[tuple[int, int]] = []
+
+    class Client:
+        def ack(self, mid: int, qos: int) -> None:
+            acked.append((mid, qos))
+
+    link = MqttLink("mqtt://127.0.0.1:1", "t", (), lambda _m: None)
+    link._client = Client()  # type: ignore[assignment]
+    link.session = 2
+    old, current, best_effort = (replace(msg(7), session=1), replace(msg(7), session=2),
+                                 replace(msg(8, qos=0), session=2))
+    link.ack([old, current, best_effort])
+    # The old copy's id may already name another message on the new connection.
+    assert acked == [(7, 1)]
