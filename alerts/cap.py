@@ -243,12 +243,17 @@ def _description(alert: Mapping[str, Any], kind: MsgType, level: Level, event: s
 
 
 def _latest_evidence(evidence: Any) -> str:
+    """The latest measurement, for the public: a fixed sensor's id and its numbers. A grid
+    worker's report says only that one came (no worker id, position or words), and no free
+    text of any evidence (a fault's detail, a note) is copied."""
     if not isinstance(evidence, list) or not evidence or not isinstance(evidence[-1], Mapping):
         return ""
     item = evidence[-1]
-    skip = {"ts", "seq", "device_id", "event_id"}
-    values = ", ".join(f"{k} {v}" for k, v in item.items()
-                       if k not in skip and isinstance(v, (int, float, str)))
+    if item.get("source") == "grid" or "grid_report" in item:
+        return "a report from a grid worker on patrol"
+    skip = {"ts", "seq", "device_id", "event_id", "loc", "since", "last_seen"}
+    values = ", ".join(f"{k} {v}" for k, v in item.items() if k not in skip
+                       and isinstance(v, int | float) and not isinstance(v, bool))
     who = item.get("device_id")
     return f"{who}: {values}" if who and values else values
 
