@@ -72,6 +72,8 @@ ZoneId = Annotated[str, Query(max_length=64, pattern=ID_PATTERN)]
 AlertId = Annotated[str, PathParam(max_length=64, pattern=ID_PATTERN)]
 OrderId = Annotated[str, PathParam(max_length=64, pattern=ID_PATTERN)]
 TEAM_PATTERN = r"^[A-Za-z0-9_-]+$"
+# Free text goes into PostgreSQL, whose text cannot hold a NUL character.
+TEXT_PATTERN = r"^[^\x00]*$"
 
 _ACTOR = Field(default=None, max_length=64, deprecated=True,
                description="ignored: the logged-in user is recorded as the actor")
@@ -80,13 +82,13 @@ _ACTOR = Field(default=None, max_length=64, deprecated=True,
 class AlertActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     actor: str | None = _ACTOR
-    reason: str = Field(default="", max_length=500)
+    reason: str = Field(default="", max_length=500, pattern=TEXT_PATTERN)
 
 
 class ResolveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     actor: str | None = _ACTOR
-    reason: str = Field(min_length=1, max_length=500, pattern=r"\S",
+    reason: str = Field(min_length=1, max_length=500, pattern=r"^[^\x00]*\S[^\x00]*$",
                         description="why the alert is over: it goes into the alert's history")
 
 
@@ -141,7 +143,7 @@ def _order_body(team_ids: Sequence[str]) -> type[BaseModel]:
     model: type[BaseModel] = create_model(
         "WorkOrderActionBody", __config__=ConfigDict(extra="forbid"),
         actor=(str | None, _ACTOR),
-        reason=(str, Field(default="", max_length=500)),
+        reason=(str, Field(default="", max_length=500, pattern=TEXT_PATTERN)),
         team_id=(team | None, Field(default=None, max_length=None if team_ids else 64,
                                     pattern=None if team_ids else TEAM_PATTERN,
                                     description="assign: the team to give the order to")))
@@ -282,7 +284,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
     @app.get("/api/work-orders", dependencies=logged_in, responses=READ)
     def work_orders(state: OrderState | None = None,
-                    department: Annotated[str | None, Query(max_length=64)] = None,
+                    department: Annotated[str | None, Query(max_length=64,
+                                                            pattern=ID_PATTERN)] = None,
                     zone_id: ZoneId | None = None,
                     limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[dict[str, Any]]:
         with conn() as c:

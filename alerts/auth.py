@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, Field
 
 from alerts import users
-from alerts.identity import Identity, permissions
+from alerts.identity import USER_NAME, Identity, permissions
 from alerts.lifecycle import AlertsError
 from alerts.ratelimit import RateLimit
 from alerts.responses import BAD_BODY, RATE_LIMITED, UNAUTHORIZED, UNAVAILABLE, Problem
@@ -224,7 +224,7 @@ def login_router(local: LocalAuthenticator, access: Access) -> APIRouter:
     @router.post("/api/token", response_model=TokenOut,
                  responses={**UNAUTHORIZED, **RATE_LIMITED, **UNAVAILABLE, **BAD_BODY})
     def token(grant_type: Annotated[Literal["password"], Form()],  # noqa: ARG001 (the form's)
-              username: Annotated[str, Form(min_length=1, max_length=64)],
+              username: Annotated[str, Form(pattern=USER_NAME.pattern)],
               password: Annotated[str, Form(min_length=1, max_length=users.MAX_PASSWORD)],
               request: Request,
               scope: Annotated[str, Form(max_length=200,  # noqa: ARG001 (OAuth2's; unused)
@@ -244,7 +244,7 @@ def login_router(local: LocalAuthenticator, access: Access) -> APIRouter:
 
     @router.post("/api/session", response_model=SessionOut,
                  responses={**UNAUTHORIZED, **RATE_LIMITED, **UNAVAILABLE, **BAD_BODY})
-    def login(username: Annotated[str, Form(min_length=1, max_length=64)],
+    def login(username: Annotated[str, Form(pattern=USER_NAME.pattern)],
               password: Annotated[str, Form(min_length=1, max_length=users.MAX_PASSWORD)],
               request: Request, response: Response) -> SessionOut:
         """The console's login: sets the session cookie (HttpOnly, SameSite=Strict) and returns
