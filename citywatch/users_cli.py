@@ -164,6 +164,7 @@ def running_embedded_url(data_dir: Path, database: str = "citywatch") -> str | N
 def login_hint(database_url: str) -> str:
     """For ``serve``: how to log in, or that nobody can yet."""
     with psycopg.connect(database_url, autocommit=True) as conn:
+        users.migrate(conn)
         if users.count_active(conn) > 0:
             return "log in with your user"
     return "nobody can log in yet: citywatch user add NAME --role admin"
@@ -174,6 +175,7 @@ def ensure_first_login(database_url: str, data_dir: Path) -> str:
     written to ``data_dir/admin-password`` (mode 0600), never printed. Says how to log in."""
     path = data_dir / PASSWORD_FILE
     with psycopg.connect(database_url, autocommit=True) as conn:
+        users.migrate(conn)
         if users.count_active(conn) > 0:
             if path.exists():
                 return (f"log in as {DEMO_ADMIN} (or your own user): its first password is in "
