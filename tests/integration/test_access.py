@@ -383,3 +383,29 @@ def test_stream_caps_hold_with_300_idle_streams_while_the_api_answers(
         wait_for("two more polls", lambda: hub.polls >= polls + 2, timeout=10)
         assert hub.polls - polls < 20
     wait_for("every stream closed", lambda: hub.open_streams == 0, timeout=30)
+
+
+# --- what the OpenAPI document promises ------------------------------------------------------
+
+
+def test_the_funnel_takes_only_real_days_it_can_have_data_for(running: Running) -> None:
+    viewer = running["viewer"]
+    # Year 1 began before the first UTC instant Python knows (a 500 once); 0 was read as 1970.
+    for day in ("0001-01-01", "9999-12-31", "0", "2026-02-30", "2026-1-5", "yesterday"):
+        r = viewer.get("/api/funnel", params={"day": day})
+        assert r.status_code == 422, (day, r.text)
+        assert r.json()["detail"][0]["loc"] == ["query", "day"]
+    ok = viewer.get("/api/funnel", params={"day": "2026-11-23"})
+    assert ok.status_code == 200 and ok.json()["day"] == "2026-11-23"
+
+
+def test_metrics_are_declared_as_the_text_they_are(running: Running) -> None:
+    spec = httpx.get(running.url + "/openapi.json", timeout=10).json()
+    declared = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(declared) == ["text/plain"]
+    assert httpx.get(running.url + "/metrics").headers["content-type"].startswith("text/plain")
+    # Every /api operation declares the refusals it can give.
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if path.startswith("/api/") and (method, path) != ("get", "/api/health"):
+                assert {"401", "503"} <= set(op["responses"]), (method, path)
