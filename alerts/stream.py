@@ -47,7 +47,7 @@ from starlette.background import BackgroundTask
 
 from alerts import store
 from alerts.identity import Identity
-from alerts.lifecycle import NotFound
+from alerts.lifecycle import AlertsError, NotFound
 from alerts.responses import READ, Problem
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def sse(event: str, data: Any) -> str:
 _END: Final = ""  # put in a stream's queue: the stream ends (the server stops, or it lagged)
 
 
-class StreamLimit(Exception):
+class StreamLimit(AlertsError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
