@@ -310,9 +310,12 @@ class Service:
 
     def _start_http(self, zones: list[Any]) -> None:
         http = self.config.http
+        # Every request checks its login in the database: a connection the server dropped
+        # (a restart) is replaced when it is taken, not discovered by a request's 503.
         self._pool = ConnectionPool(self.endpoints.database_url, min_size=1,
                                     max_size=http.pool_size, open=True,
-                                    kwargs={"autocommit": True})
+                                    kwargs={"autocommit": True},
+                                    check=ConnectionPool.check_connection)
         deps = ApiDeps(pool=self._pool, zones=zones, list_devices=_device_features,
                        health=self.health, registry=self.metrics.registry,
                        clock=self._clock, static_dir=STATIC_DIR,
