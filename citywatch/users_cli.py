@@ -2,7 +2,8 @@
 
 The users live in the configured database (``database.url`` or ``CITYWATCH_DATABASE_URL``). With
 ``database.url: embedded`` the command uses the embedded PostgreSQL in ``--data-dir``: the one a
-running ``citywatch run`` started, or, when none runs, its own for the moment it needs.
+running ``citywatch run`` started, or, when none runs, its own for the moment it needs; it
+connects as the database's owner role, whose password the embedded database keeps (0600).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import os
 import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import psycopg
 
@@ -60,7 +64,7 @@ def command(config: Config, args: argparse.Namespace) -> int:
     try:
         with user_database(config, args.data_dir) as url, \
                 psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            users.migrate(conn)
+            _migrate_if_allowed(conn)
             if args.user_command == "add":
                 who = identity_for(config, args.name, args.role, args.department, args.team)
                 password = read_password()
@@ -129,6 +133,13 @@ def print_users(found: list[users.User]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _migrate_if_allowed(conn: psycopg.Connection[Any]) -> None:
+    """Create the users tables if this role may; a service role that may not relies on the
+    service having made them at its start (as the owner)."""
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        users.migrate(conn)
+
+
 @contextlib.contextmanager
 def user_database(config: Config, data_dir: Path) -> Iterator[str]:
     """The configured database's URL; for an embedded one, the running server's or our own."""
@@ -143,28 +154,31 @@ def user_database(config: Config, data_dir: Path) -> Iterator[str]:
 
     try:
         with embedded.start_database(data_dir / "postgres") as database:
-            yield database.url
+            yield database.owner_url
     except embedded.EmbeddedError as exc:
         raise UserCommandError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}"
                                ) from exc
 
 
 def running_embedded_url(data_dir: Path, database: str = "citywatch") -> str | None:
-    """The URL of the embedded PostgreSQL a ``citywatch run`` keeps in ``data_dir``, if it runs
-    (its postmaster.pid names the port; the server trusts loopback connections)."""
+    """The owner's URL of the embedded PostgreSQL a ``citywatch run`` keeps in ``data_dir``, if
+    it runs: its postmaster.pid names the port, its passwords file the owner's password."""
+    from citywatch.embedded import LOOPBACK, OWNER_ROLE, PASSWORDS_FILE
+
     try:
         lines = (data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
         pid, port = int(lines[0]), int(lines[3])
         os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
+        password = json.loads((data_dir / PASSWORDS_FILE).read_text(encoding="utf-8"))[OWNER_ROLE]
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
         return None
-    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+    return (f"postgresql://{OWNER_ROLE}:{quote(str(password), safe='')}@{LOOPBACK}:{port}/"
+            f"{database}")
 
 
 def login_hint(database_url: str) -> str:
     """For ``serve``: how to log in, or that nobody can yet."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        users.migrate(conn)
         if users.count_active(conn) > 0:
             return "log in with your user"
     return "nobody can log in yet: citywatch user add NAME --role admin"
@@ -172,10 +186,10 @@ def login_hint(database_url: str) -> str:
 
 def ensure_first_login(database_url: str, data_dir: Path) -> str:
     """For the demo: when nobody may log in yet, create an admin with a generated password,
-    written to ``data_dir/admin-password`` (mode 0600), never printed. Says how to log in."""
+    written to ``data_dir/admin-password`` (mode 0600), never printed. Says how to log in.
+    The users tables exist: the service made them at its start."""
     path = data_dir / PASSWORD_FILE
     with psycopg.connect(database_url, autocommit=True) as conn:
-        users.migrate(conn)
         if users.count_active(conn) > 0:
             if path.exists():
                 return (f"log in as {DEMO_ADMIN} (or your own user): its first password is in "

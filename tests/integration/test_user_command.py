@@ -65,6 +65,8 @@ def test_add_list_and_disable(fresh_db_url: str, monkeypatch: pytest.MonkeyPatch
 
 def test_the_demo_makes_a_first_login_once_with_a_private_password_file(
         fresh_db_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        users.migrate(conn)  # as the service does at its start
     said = ensure_first_login(fresh_db_url, tmp_path)
     path = tmp_path / PASSWORD_FILE
     assert "user admin" in said and str(path) in said

@@ -3,6 +3,7 @@ teams before anything is written."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,4 +47,9 @@ def test_no_running_embedded_database_without_its_pid_file(tmp_path: Path) -> No
     (tmp_path / "pgdata").mkdir()
     # A pid file left by a server that is gone (pid 2**22 + 1 does not exist).
     (tmp_path / "pgdata" / "postmaster.pid").write_text(f"{2**22 + 1}\n/x\n1\n5433\n")
+    (tmp_path / "passwords.json").write_text('{"citywatch_owner": "s3cret/+"}')
     assert running_embedded_url(tmp_path) is None
+    # A live one (this process stands in for the server): the owner's URL, password quoted.
+    (tmp_path / "pgdata" / "postmaster.pid").write_text(f"{os.getpid()}\n/x\n1\n5433\n")
+    assert running_embedded_url(tmp_path) == \
+        "postgresql://citywatch_owner:s3cret%2F%2B@127.0.0.1:5433/citywatch"
