@@ -242,15 +242,25 @@ def _description(alert: Mapping[str, Any], kind: MsgType, level: Level, event: s
     return f"{text} Latest evidence: {latest}." if latest else text
 
 
+# Evidence keys a CAP document (public: it may be relayed to residents) never quotes: free text
+# that people or devices wrote (a report's words, a fault's detail, a note) and positions.
+_NOT_PUBLIC = frozenset({"text", "detail", "note", "reason", "loc", "track"})
+
+
 def _latest_evidence(evidence: Any) -> str:
+    """The latest evidence, for the public: a fixed sensor's id, its readings and labels (a
+    building id). A grid worker's report says only that one came (no worker id, position or
+    words), and no free text of any evidence is copied."""
     if not isinstance(evidence, list) or not evidence or not isinstance(evidence[-1], Mapping):
         return ""
     item = evidence[-1]
-    skip = {"ts", "seq", "device_id", "event_id"}
+    if item.get("source") == "grid" or "grid_report" in item:
+        return "a report from a grid worker on patrol"
+    skip = {"ts", "seq", "device_id", "event_id", "since", "last_seen"} | _NOT_PUBLIC
     values = ", ".join(f"{k} {v}" for k, v in item.items()
-                       if k not in skip and isinstance(v, (int, float, str)))
+                       if k not in skip and isinstance(v, int | float | str))
     who = item.get("device_id")
-    return f"{who}: {values}" if who and values else values
+    return f"{who}: {values}" if who and values else values or str(who or "")
 
 
 def _cancel_reason(alert: Mapping[str, Any]) -> str:

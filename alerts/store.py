@@ -134,6 +134,29 @@ ALTER TABLE work_order_history ADD COLUMN IF NOT EXISTS folded int;
 ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS repeats int NOT NULL DEFAULT 0;
 -- For the retention job (alerts.retention): sent rows by age.
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent) WHERE sent IS NOT NULL;
+-- Operators' actions on alerts, as work_order_history holds those on orders. No foreign key: the
+-- record of who did what outlives the alert.
+CREATE TABLE IF NOT EXISTS alert_history (
+    id bigserial PRIMARY KEY,
+    alert_id text NOT NULL,
+    ts timestamptz NOT NULL,
+    from_state text,
+    to_state text NOT NULL,
+    actor text NOT NULL,
+    reason text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_history_alert ON alert_history (alert_id, id);
+-- Audit rows are not rewritten, by us or by anything with our database role: alert_history is
+-- append-only; work_order_history refuses updates (its system notes may be pruned).
+CREATE OR REPLACE FUNCTION citywatch_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is an audit record: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE OR REPLACE TRIGGER alert_history_append_only BEFORE UPDATE OR DELETE ON alert_history
+    FOR EACH ROW EXECUTE FUNCTION citywatch_refuse_change();
+CREATE OR REPLACE TRIGGER work_order_history_no_update BEFORE UPDATE ON work_order_history
+    FOR EACH ROW EXECUTE FUNCTION citywatch_refuse_change();
 """
 
 
@@ -784,26 +807,47 @@ def list_alerts(conn: psycopg.Connection[Any], state: str | None = None,
 
 
 def get_alert(conn: psycopg.Connection[Any], alert_id: str) -> dict[str, Any]:
+    """One alert with all its evidence and the history of what people did to it."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,))
         row = cur.fetchone()
-    if row is None:
-        raise NotFound(f"no alert {alert_id!r}")
-    return _alert_json(row, with_evidence=True)
+        if row is None:
+            raise NotFound(f"no alert {alert_id!r}")
+        cur.execute("SELECT ts, from_state, to_state, actor, reason FROM alert_history "
+                    "WHERE alert_id = %s ORDER BY id", (alert_id,))
+        history = cur.fetchall()
+    out = _alert_json(row, with_evidence=True)
+    out["history"] = [{"ts": _iso(h["ts"]), "from": h["from_state"], "to": h["to_state"],
+                       "actor": h["actor"], "reason": h["reason"]} for h in history]
+    return out
 
 
 def act_on_alert(conn: psycopg.Connection[Any], alert_id: str, action: str,
-                 now: datetime) -> dict[str, Any]:
+                 now: datetime, actor: str = "operator", reason: str = "") -> dict[str, Any]:
+    """An operator's action, recorded in the alert's history with ``actor`` (the logged-in
+    user). Resolving an alert whose sensors still show the hazard is refused with the evidence,
+    as for work orders: a resolve would silence a live hazard."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT state, zone_id FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+        cur.execute("SELECT state, zone_id, hazard, title, severity, evidence, open_key "
+                    "FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
         row = cur.fetchone()
         if row is None:
             raise NotFound(f"no alert {alert_id!r}")
         _operators_only(action, OPERATOR_ALERT_ACTIONS)
-        # An operator's resolve closes the alert; if the sensors still see the hazard the rule
-        # will open a new one on its next change, which is the honest outcome.
+        next_alert_state(alert_id, row[0], action)  # an illegal move is refused first
+        _state, _zone, hazard, title, severity, evidence, open_key = row
+        if action == "resolve" and hazard in SENSOR_BACKED and open_key is not None:
+            raise NotVerified(
+                f"alert {alert_id} cannot resolve: the sensors still show {hazard} ({title})",
+                [{"alert_id": alert_id, "title": title, "severity": severity,
+                  "latest": (evidence or [])[-3:]}])
+        # An operator's resolve closes an alert no sensor can vouch for (a falling object, a
+        # grid report); if the hazard is seen again the rule opens a new one.
         new_state = move_alert(cur, alert_id, row[0], action, now,
                                ", open_key = NULL" if action == "resolve" else "")
+        cur.execute("INSERT INTO alert_history (alert_id, ts, from_state, to_state, actor, "
+                    "reason) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (alert_id, now, row[0], new_state, actor, reason or f"{action} by {actor}"))
         if new_state == "resolved":
             queue_zone_state(cur, row[1], now)
     return get_alert(conn, alert_id)

@@ -1,4 +1,5 @@
-"""The ``citywatch`` command line (CONTRACT sections 5 and 6): run, serve, simulate, device."""
+"""The ``citywatch`` command line (CONTRACT sections 5 and 6): run, serve, simulate, device,
+user."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 
+from citywatch import users_cli
 from citywatch.config import Config, ConfigError, load_config
 from citywatch.service import Endpoints, Service
 from simulators.credentials import FleetCredentials
@@ -54,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             from citywatch.replay import command as replay_command
             return replay_command(config, args)
+        if args.command == "user":
+            from citywatch.users_cli import command as user_command
+            return user_command(config, args)
         if args.command == "funnel":
             from citywatch.funnel import command as funnel_command
             return funnel_command(config, args.scenario, args.seed, args.server)
@@ -156,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--server", default=os.environ.get(
         "CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server to create the scratch database on (CITYWATCH_TEST_PG)")
+    users_cli.add_parser(sub, common)
     return p
 
 
@@ -285,6 +291,9 @@ def _run(config: Config, args: argparse.Namespace, *, with_simulators: bool) -> 
             raise StartupError(f"cannot start: {exc}") from exc
         print(f"\ncitywatch is running: dashboard {service.url}/   API {service.url}/docs   "
               f"storage {service.storage_mode}", flush=True)
+        login = (users_cli.ensure_first_login(endpoints.database_url, args.data_dir)
+                 if with_simulators else users_cli.login_hint(endpoints.database_url))
+        print(f"  {login}", flush=True)
         sim_thread = None
         sim_status: dict[str, object] = {}
         if with_simulators:

@@ -15,9 +15,12 @@ from typing import Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from geo.zones import ZONE_TYPE_HAZARDS
+from rules.base import DEVICE_FAULT, FALLING_OBJECT_PATTERN
 from rules.params import RulesParams
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+HOST_NAME = re.compile(r"\*|[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 PLUGIN_PATH = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
 KINDS = ("camera", "water", "rain", "traffic", "grid")
 
@@ -81,6 +84,42 @@ class DatabaseConfig(_Strict):
 class HttpConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="host names the API answers to (the Host header, without the "
+        "port); empty: the served host, and localhost too when it is a loopback address")
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024,
+                                description="larger request bodies are refused (413)")
+    streams_total: int = Field(default=500, ge=1, description="open event streams "
+                               "(GET /api/stream) in all; beyond: 503")
+    streams_per_user: int = Field(default=10, ge=1, description="open event streams per user; "
+                                  "beyond: 429")
+    pool_size: int = Field(default=4, ge=1, le=100,
+                           description="database connections the HTTP API may hold")
+    pool_wait_s: float = Field(default=5, gt=0, le=60, description="how long a request waits "
+                               "for a database connection before it gets 503")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for h in v:
+            if not HOST_NAME.fullmatch(h):
+                raise ValueError(f"{h!r}: expected a host name or address without scheme, port "
+                                 "or path, or '*' for any")
+        return v
+
+
+class AuthConfig(_Strict):
+    """Logins to the HTTP API and the console (CONTRACT section 6)."""
+
+    token_ttl_min: float = Field(default=60, gt=0, le=7 * 24 * 60,
+                                 description="lifetime of a bearer token from POST /api/token")
+    session_ttl_min: float = Field(default=720, gt=0, le=7 * 24 * 60,
+                                   description="lifetime of a console session (a shift)")
+    login_attempts_per_address: int = Field(
+        default=30, ge=1, description="login attempts per client address per minute; beyond: "
+        "429 with Retry-After")
+    login_failures_per_user: int = Field(
+        default=5, ge=1, description="failed logins per user name per minute; beyond: 429")
 
 
 class HealthConfig(_Strict):
@@ -179,6 +218,7 @@ class Device(_Strict):
 
 
 LevelName = Literal["red", "orange", "yellow", "blue"]
+LEVEL_NAMES: tuple[LevelName, ...] = ("red", "orange", "yellow", "blue")
 
 
 class WorkOrdersConfig(_Strict):
@@ -251,6 +291,7 @@ class Config(_Strict):
         default=(), description="device kinds from plug-ins, as 'package.module:Class'; "
         "entry points of the citywatch.devices group load without being listed")
     work_orders: WorkOrdersConfig = WorkOrdersConfig()
+    auth: AuthConfig = AuthConfig()
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by the loader")
 
     @field_validator("plugins")
@@ -274,6 +315,14 @@ class Config(_Strict):
                     f"routing[{i}].department: {r.department!r} is not a department id")
             if r.team not in team_ids:
                 raise ValueError(f"routing[{i}].team: {r.team!r} is not a team id")
+        if self.routing:  # a configuration for simulators only may leave routing out
+            missing = [f"{h} in {t} at {lv}" for h, t in required_routes()
+                       for lv in LEVEL_NAMES if self.route(h, t, lv) is None]
+            if missing:
+                shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more"
+                                                  if len(missing) > 8 else "")
+                raise ValueError(f"routing: no route for {shown}; every hazard of every zone "
+                                 "type needs a route at every level (add one, or a '*' zone type)")
         seen: set[str] = set()
         for i, d in enumerate(self.devices):
             if d.id in seen:
@@ -306,6 +355,17 @@ class Config(_Strict):
             if r.hazard == hazard and r.zone_type in (zone_type, "*") and level in r.levels:
                 return r
         return None
+
+
+def required_routes() -> list[tuple[str, str]]:
+    """(hazard, zone type) pairs the rules can raise an alert for, so the routing table must
+    cover them: each zone type's own hazards, falling-object patterns at fall zones, grid
+    workers' reports in their grid cell, and a faulty device in any zone."""
+    pairs = [(h, t) for t, hazards in ZONE_TYPE_HAZARDS.items() for h in hazards]
+    pairs.append((FALLING_OBJECT_PATTERN, "fall_zone"))
+    pairs += [(h, "grid_cell") for h in ("waterlogging", "falling_object", "traffic")]
+    pairs += [(DEVICE_FAULT, t) for t in ZONE_TYPE_HAZARDS]
+    return pairs
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

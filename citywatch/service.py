@@ -22,8 +22,11 @@ from psycopg_pool import ConnectionPool
 
 from alerts import retention as alert_retention
 from alerts import store as alert_store
-from alerts.api import ApiDeps, create_app
+from alerts import users
+from alerts.api import ApiDeps, WebSettings, create_app
+from alerts.auth import LoginLimits
 from alerts.dispatch import OutboxPublisher
+from alerts.http_guard import default_hosts
 from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
 from citywatch import liveness
@@ -95,6 +98,19 @@ def build_alert_store(cfg: Config, zones: Sequence[Zone]) -> tuple[AlertStore, W
                          f"{cfg.zones_path}")
     workers = WorkerLocator({d.id: (d.kind, d.position) for d in cfg.devices})
     return AlertStore(zone_map, route, policy, offices, workers.nearest), workers
+
+
+def web_settings(cfg: Config) -> WebSettings:
+    """HTTP hygiene and login limits from ``http:`` and ``auth:``."""
+    http, auth = cfg.http, cfg.auth
+    return WebSettings(
+        allowed_hosts=frozenset(http.allowed_hosts) if http.allowed_hosts
+        else default_hosts(http.host),
+        max_body_bytes=http.max_body_bytes, streams_total=http.streams_total,
+        streams_per_user=http.streams_per_user, pool_wait_s=http.pool_wait_s,
+        token_ttl=timedelta(minutes=auth.token_ttl_min),
+        session_ttl=timedelta(minutes=auth.session_ttl_min),
+        login_limits=LoginLimits(auth.login_attempts_per_address, auth.login_failures_per_user))
 
 
 @dataclass(frozen=True)
@@ -169,6 +185,7 @@ class Service:
             for step in mode.degraded:
                 log.warning("TimescaleDB feature unavailable: %s", step)
             alert_store.migrate(conn)
+            users.migrate(conn)
             sensing_store.upsert_devices(conn, [
                 sensing_store.DeviceSpec(d.id, d.kind, d.position,
                                          placement.device_zones(d.id))
@@ -301,8 +318,13 @@ class Service:
             log.warning("deadline check skipped: database unavailable (%s)", exc)
 
     def _start_http(self, zones: list[Any]) -> None:
-        self._pool = ConnectionPool(self.endpoints.database_url, min_size=1, max_size=4,
-                                    open=True, kwargs={"autocommit": True})
+        http = self.config.http
+        # Every request checks its login in the database: a connection the server dropped
+        # (a restart) is replaced when it is taken, not discovered by a request's 503.
+        self._pool = ConnectionPool(self.endpoints.database_url, min_size=1,
+                                    max_size=http.pool_size, open=True,
+                                    kwargs={"autocommit": True},
+                                    check=ConnectionPool.check_connection)
         deps = ApiDeps(pool=self._pool, zones=zones, list_devices=_device_features,
                        health=self.health, registry=self.metrics.registry,
                        clock=self._clock, static_dir=STATIC_DIR,
@@ -310,7 +332,9 @@ class Service:
                        alert_store=self.alert_store,
                        thresholds=self.config.rules.model_dump(mode="json"),
                        departments={d.id: d.name for d in self.config.departments},
-                       zone_risk=self.zone_risk)
+                       zone_risk=self.zone_risk,
+                       team_departments={t.id: t.department for t in self.config.teams},
+                       web=web_settings(self.config))
         app = create_app(deps)
         config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,
                                 log_level="warning", access_log=False)

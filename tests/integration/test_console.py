@@ -26,6 +26,7 @@ from citywatch.service import Endpoints, Service
 from sensing.scratch import scratch_database
 from tests.fix_broker import connect
 from tests.fix_db import DEFAULT_SERVER, unavailable
+from tests.fix_users import PASSWORD, ROLE_USERS, ensure_user, token_for
 from tests.integration.test_pipeline_e2e import wait_for
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,9 @@ class Console:
         self.service.start()
         assert self.service._link.connected.wait(10), "engine did not connect to the broker"
         self.port = int(self.url.rsplit(":", 1)[1])
+        for role, (name, department, team) in ROLE_USERS.items():
+            ensure_user(self.db_url, name, role, department, team)
+        self.token = token_for(self.url, ROLE_USERS["operator"][0])
 
     def stop(self) -> None:
         if self.service is not None:
@@ -87,12 +91,17 @@ class Console:
             self.service = None
 
     @property
+    def auth(self) -> dict[str, str]:
+        """The test operator's credentials, for requests made outside the page."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
     def url(self) -> str:
         assert self.service is not None
         return self.service.url
 
     def get(self, path: str, **params: Any) -> Any:
-        r = httpx.get(self.url + path, params=params, timeout=10)
+        r = httpx.get(self.url + path, params=params, headers=self.auth, timeout=10)
         r.raise_for_status()
         return r.json()
 
@@ -130,11 +139,13 @@ def active_alert(console: Console, zone: str) -> dict[str, Any]:
 
 
 def read_events(url: str, want: Callable[[list[tuple[str, Any]]], bool], timeout: float,
-                on_hello: Callable[[], None] = lambda: None) -> list[tuple[str, Any]]:
+                on_hello: Callable[[], None] = lambda: None,
+                headers: dict[str, str] | None = None) -> list[tuple[str, Any]]:
     """Read ``GET /api/stream`` until ``want(events)``; calls ``on_hello`` once it is listening."""
     events: list[tuple[str, Any]] = []
     deadline = time.monotonic() + timeout
-    with httpx.stream("GET", url + "/api/stream", timeout=httpx.Timeout(timeout)) as r:
+    with httpx.stream("GET", url + "/api/stream", timeout=httpx.Timeout(timeout),
+                      headers=headers) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         kind = ""
         for line in r.iter_lines():
@@ -162,7 +173,8 @@ def test_stream_sends_each_alert_and_work_order_change(console: Console) -> None
         kinds = {k for k, row in events if k != "hello" and row["zone_id"] == OTHER_ZONE}
         return kinds == {"alert", "work_order"}
 
-    events = read_events(console.url, got_both, timeout=10, on_hello=publish)
+    events = read_events(console.url, got_both, timeout=10, on_hello=publish,
+                         headers=console.auth)
     assert events[0][0] == "hello"
     assert time.monotonic() - started[0] < 3
     alert = next(row for k, row in events if k == "alert" and row["zone_id"] == OTHER_ZONE)
@@ -218,8 +230,9 @@ def test_zone_series_and_funnel(console: Console) -> None:
     road = console.get("/api/zones/rs-01/series")
     assert road["metrics"]["speed_kmh"]["thresholds"] == {"orange": 12.0, "yellow": 25.0,
                                                           "blue": 35.0}
-    assert httpx.get(console.url + "/api/zones/nowhere/series", timeout=5).status_code == 404
-    assert httpx.get(console.url + f"/api/zones/{ZONE}/series?hours=0",
+    assert httpx.get(console.url + "/api/zones/nowhere/series", headers=console.auth,
+                     timeout=5).status_code == 404
+    assert httpx.get(console.url + f"/api/zones/{ZONE}/series?hours=0", headers=console.auth,
                      timeout=5).status_code == 422
 
     funnel = console.get("/api/funnel", operators=4)
@@ -251,14 +264,17 @@ def browser() -> Iterator[Any]:
 
 
 class Page:
-    """A console page with what its browser console said."""
+    """A console page, logged in as ``role``'s test user, with what its browser console said."""
 
-    def __init__(self, browser: Any, url: str, width: int, height: int) -> None:
+    def __init__(self, browser: Any, url: str, width: int, height: int,
+                 role: str = "operator") -> None:
         self.page = browser.new_page(viewport={"width": width, "height": height})
         self.errors: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         self.page.goto(url + "/")
+        self.page.wait_for_url("**/login", timeout=10_000)  # no session yet
+        log_in(self.page, ROLE_USERS[role][0], PASSWORD)
         self.page.wait_for_selector('#conn[data-mode="live"]', timeout=10_000)
         self.page.wait_for_selector('path.zone[data-zone-id="up-01"]', timeout=5_000)
 
@@ -267,6 +283,12 @@ class Page:
 
     def close(self) -> None:
         self.page.close()
+
+
+def log_in(page: Any, user: str, password: str) -> None:
+    page.fill("#login-user", user)
+    page.fill("#login-password", password)
+    page.click("#login-submit")
 
 
 def test_console_in_chromium(console: Console, browser: Any) -> None:
@@ -298,6 +320,19 @@ def test_console_in_chromium(console: Console, browser: Any) -> None:
         wait_for("the alert acknowledged in the API", lambda: console.get(
             f"/api/alerts/{alert['id']}")["state"] == "acknowledged", 3)
         page.wait_for_selector(f"{row}.acknowledged")
+        assert page.inner_text("#who").startswith(ROLE_USERS["operator"][0])
+        history = console.get(f"/api/alerts/{alert['id']}")["history"]
+        assert [(h["to"], h["actor"]) for h in history] == [
+            ("acknowledged", ROLE_USERS["operator"][0])], "the page's user is the actor"
+
+        # Resolving asks for a reason, and is refused while the gauge still reads 31.5 cm.
+        page.keyboard.press("Shift+R")
+        page.wait_for_selector("#resolve-dialog[open]")
+        page.fill("#resolve-reason", "looks dry on the camera")
+        page.click("#resolve-ok")
+        err = page.wait_for_selector(f"{row} .alert-err:not([hidden])", timeout=3_000)
+        assert "the sensors still show waterlogging" in err.inner_text()
+        assert console.get(f"/api/alerts/{alert['id']}")["state"] == "acknowledged"
 
         # Closing an open work order is refused; the page says why in plain words.
         order_id = alert["work_order_id"]
@@ -357,6 +392,51 @@ def test_console_in_chromium(console: Console, browser: Any) -> None:
         assert unexpected == [], f"console errors: {unexpected}"
     except Exception:
         p.shot("console-failure.png")
+        raise
+    finally:
+        p.close()
+
+
+def test_login_logout_and_a_viewer_sees_no_actions(console: Console, browser: Any) -> None:
+    publish_depth(console.broker_url, "wl-07", 12.0)  # an alert and an order to look at
+    wait_for("an alert", lambda: console.get("/api/alerts", state="active"), 5)
+    # A wrong password is refused on the login page, in words.
+    login = browser.new_page()
+    try:
+        login.goto(console.url + "/login")
+        log_in(login, ROLE_USERS["viewer"][0], "not the password")
+        msg = login.wait_for_selector("#login-msg:not([hidden])", timeout=5_000)
+        assert "Wrong user name or password" in msg.inner_text()
+    finally:
+        login.close()
+
+    p = Page(browser, console.url, 1366, 768, role="viewer")
+    page = p.page
+    try:
+        assert page.inner_text("#who") == f"{ROLE_USERS['viewer'][0]} (viewer)"
+        page.wait_for_selector("li.alert")
+        # The queue shows the alerts, and no acknowledge or resolve button.
+        assert page.locator("li.alert .btn-ack:visible").count() == 0
+        assert page.locator("li.alert .btn-resolve:visible").count() == 0
+        # A work order opens read-only.
+        page.locator(".wo-card").first.click()
+        page.wait_for_selector("#wo-dialog[open]")
+        assert page.locator("#wo-buttons button:visible").count() == 0
+        assert page.is_visible("#wo-readonly") and not page.is_visible("#wo-form")
+        p.shot("console-viewer.png")
+        page.keyboard.press("Escape")
+
+        # Logging out ends the session: back to the login, and the console stays closed.
+        page.click("#logout-btn")
+        page.wait_for_url("**/login", timeout=5_000)
+        page.goto(console.url + "/")
+        page.wait_for_url("**/login", timeout=5_000)
+        assert page.evaluate("fetch('/api/session').then(r => r.status)") == 401
+        # The 401 of that last fetch is logged by Chromium as a failed resource: expected.
+        unexpected = [e for e in p.errors if "401" not in e]
+        assert unexpected == [], f"console errors: {unexpected}"
+    except Exception:
+        p.shot("console-viewer-failure.png")
         raise
     finally:
         p.close()

@@ -20,7 +20,7 @@ from alerts.lifecycle import (
     next_work_order_state,
 )
 from alerts.policy import Office, Policy
-from alerts.store import AlertStore, Route
+from alerts.store import AlertStore, NotVerified, Route
 from geo.zones import Zone
 from rules.base import AlertChange
 from rules.levels import Level
@@ -142,10 +142,12 @@ def test_operators_cannot_ask_for_the_systems_moves(conn: psycopg.Connection[Any
     apply(conn, store, wet(Level.ORANGE, 0))
     with pytest.raises(AlertsError, match="'escalate' is not an operator's action"):
         alert_store.act_on_work_order(conn, ORDER, "escalate", at(1), "op-1", "")
-    alert_store.act_on_alert(conn, ALERT, "resolve", at(2))
+    # Nor may they resolve a hazard the sensors still show (issue 10): that is the rule's move.
+    with pytest.raises(NotVerified, match="the sensors still show waterlogging"):
+        alert_store.act_on_alert(conn, ALERT, "resolve", at(2))
     with pytest.raises(AlertsError, match="'reactivate' is not an operator's action"):
         alert_store.act_on_alert(conn, ALERT, "reactivate", at(3))
-    assert (order(conn)["state"], alert_state(conn)) == ("open", "resolved")
+    assert (order(conn)["state"], alert_state(conn)) == ("open", "active")
 
 
 def test_an_operators_reopen_is_counted_like_the_systems(conn: psycopg.Connection[Any],

@@ -25,6 +25,7 @@ from citywatch.config import Config, load_config
 from citywatch.service import Endpoints, Service
 from sensing.limits import MAX_PAYLOAD_BYTES
 from tests.fix_broker import connect, subscribe
+from tests.fix_users import login
 
 pytestmark = pytest.mark.integration
 
@@ -49,22 +50,24 @@ class Running:
                                client_id=self.client_id)
         self.service.start()
         assert self.service._link.connected.wait(10), "engine did not connect to the broker"
+        self.client = login(self.service.url, self.db_url, "operator")
         return self.service
 
     def stop(self) -> None:
         if self.service is not None:
+            self.client.close()
             self.service.stop()
             self.service = None
 
     def get(self, path: str, **params: Any) -> Any:
+        """GET as the test operator."""
         assert self.service is not None
-        r = httpx.get(self.service.url + path, params=params, timeout=10)
-        r.raise_for_status()
-        return r.json()
+        return self.client.json_of(path, **params)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """POST as the test operator."""
         assert self.service is not None
-        return httpx.post(self.service.url + path, json=body, timeout=10)
+        return self.client.post(path, json=body)
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.db_url) as conn:
@@ -338,19 +341,20 @@ def test_api_refuses_illegal_actions_and_bad_queries_in_plain_words(
     r = running.post(f"/api/work-orders/{order_id}/close")
     assert r.status_code == 409
     assert "cannot close" in r.json()["detail"] and "'open'" in r.json()["detail"]
+    # The body's actor is accepted for compatibility and ignored: the logged-in user acted.
     assert running.post(f"/api/work-orders/{order_id}/assign",
-                        {"team_id": "drainage-2", "actor": "op-7"}).status_code == 200
+                        {"team_id": "drainage-2", "actor": "mallory"}).status_code == 200
     assert running.post(f"/api/work-orders/{order_id}/accept").status_code == 200
     after = running.get(f"/api/work-orders/{order_id}")
     assert [h["to"] for h in after["history"]] == ["open", "assigned", "accepted"]
     assert after["team_id"] == "drainage-2"
-    assert after["history"][1]["actor"] == "op-7"
+    assert [h["actor"] for h in after["history"][1:]] == [running.client.user] * 2
+    assert "mallory" not in str(after)
 
     assert running.post(f"/api/alerts/{alert['id']}/acknowledge").json()["state"] == \
         "acknowledged"
     assert running.post(f"/api/alerts/{alert['id']}/acknowledge").status_code == 409
-    assert running.post("/api/alerts/AL-999999/resolve").status_code == 404
-    assert httpx.get(running.service.url + "/api/alerts",  # type: ignore[union-attr]
-                     params={"state": "sideways"}).status_code == 422
+    assert running.post("/api/alerts/AL-999999/resolve", {"reason": "gone"}).status_code == 404
+    assert running.client.get("/api/alerts", params={"state": "sideways"}).status_code == 422
     assert running.post(f"/api/work-orders/{order_id}/assign",
                         {"team_id": "nobody"}).status_code == 422

@@ -40,6 +40,7 @@ from sensing import store as sensing_store
 from sensing.mqtt import Inbound
 from tests.fix_broker import connect
 from tests.fix_clock import ShiftedClock
+from tests.fix_users import Client, login
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +67,7 @@ class Running:
         self.config, self.broker_url, self.db_url, self.clock = config, broker_url, db_url, clock
         self.client_id = f"citywatch-time-{uuid.uuid4().hex[:8]}"
         self.service: Service | None = None
+        self.client: Client | None = None
 
     def start(self) -> Service:
         self.service = Service(self.config, Endpoints(self.broker_url, self.db_url), http_port=0,
@@ -80,14 +82,20 @@ class Running:
         return self.service
 
     def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
         if self.service is not None:
             self.service.stop()
             self.service = None
 
     def get(self, path: str, **params: Any) -> Any:
-        r = httpx.get(self.svc.url + path, params=params, timeout=10)
-        r.raise_for_status()
-        return r.json()
+        """GET as a logged-in viewer (logged in again when the service was started anew)."""
+        if self.client is None or str(self.client.base_url).rstrip("/") != self.svc.url:
+            if self.client is not None:
+                self.client.close()
+            self.client = login(self.svc.url, self.db_url, "viewer")
+        return self.client.json_of(path, **params)
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.db_url) as conn:

@@ -163,6 +163,20 @@ def test_alert_fields_sent_and_identifier() -> None:
     assert text(doc, f"{info}/c:area/c:geocode/c:value") == "up-01"
 
 
+def test_a_grid_report_or_a_fault_note_is_not_published() -> None:
+    report = {"device_id": "grid-07", "event_id": "grid-07-000012", "ts": _iso(RAISED),
+              "source": "grid", "category": "waterlogging", "loc": [120.6213, 31.3117],
+              "text": "water over the kerb by the school gate"}
+    fault = {"device_id": "wl-02", "kind": "water", "fault": "stuck",
+             "detail": "stuck at 12.0 cm since the technician's visit"}
+    for item in (report, fault):
+        xml = alert_to_cap(alert(evidence=[item]), ZONE).decode()
+        for secret in ("grid-07", "120.6213", "kerb", "technician"):
+            assert secret not in xml, secret
+    assert "grid worker" in text(parse(alert_to_cap(alert(evidence=[report]), ZONE)),
+                                 "/c:alert/c:info/c:description")
+
+
 def test_the_same_version_gives_the_same_bytes_and_versions_differ() -> None:
     a, b = alert(), updated(alert(), 1)
     assert alert_to_cap(a, ZONE) == alert_to_cap(a, ZONE)

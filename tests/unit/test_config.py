@@ -118,3 +118,33 @@ def test_health_limits_have_defaults_and_are_checked(raw: dict[str, Any]) -> Non
     assert cfg.health.stuck_after_s == 5
     with pytest.raises(ConfigError, match=r"health.stuck_after_s: got 0; Input should be greater"):
         parse_config({**raw, "health": {"stuck_after_s": 0}}, env={})
+
+
+def test_routing_must_cover_every_hazard_zone_type_and_level(raw: dict[str, Any]) -> None:
+    data = copy.deepcopy(raw)
+    # Underpasses route to drainage only at red: yellow, orange and blue have nowhere to go.
+    route = next(r for r in data["routing"] if r["zone_type"] == "underpass")
+    route["levels"] = ["red"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, env={})
+    message = str(err.value)
+    assert "routing: no route for waterlogging in underpass at orange" in message
+    assert "waterlogging in underpass at blue" in message
+    assert "at red" not in message
+    # A configuration for simulators only may leave routing out altogether.
+    data["routing"] = []
+    assert parse_config(data, env={}).routing == ()
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("http.allowed_hosts", ["http://example.org"], "expected a host name"),
+    ("http.max_body_bytes", 10, "greater than or equal to 1024"),
+    ("auth.token_ttl_min", 0, "greater than 0"),
+])
+def test_access_settings_are_checked(raw: dict[str, Any], path: str, value: Any,
+                                     expected: str) -> None:
+    data = copy.deepcopy(raw)
+    section, key = path.split(".")
+    data.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(data, env={})
