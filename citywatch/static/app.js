@@ -217,6 +217,16 @@ function renderHealth() {
     li.title = t(ok === true ? 'serviceOk' : ok === false ? 'serviceDown' : 'serviceUnknown', { name });
     services.appendChild(li);
   }
+  if (typeof h.status === 'string') {
+    // The pipeline itself: working, degraded (warnings) or failing (a worker dead or stuck).
+    const why = [...(h.problems || []), ...(h.warnings || [])].join('; ');
+    const cls = { ok: 'svc-ok', degraded: 'svc-warn', failing: 'svc-bad' }[h.status] || 'svc-unknown';
+    const li = el('li', { class: `svc ${cls}`, id: 'pipeline-state', 'data-status': h.status });
+    li.appendChild(el('span', { class: 'dot', 'aria-hidden': 'true' }));
+    li.appendChild(el('span', {}, tOr(`pipeline.${h.status}`, h.status)));
+    li.title = why || tOr(`pipeline.${h.status}`, h.status);
+    services.appendChild(li);
+  }
 }
 
 function renderConn() {
@@ -1107,7 +1117,8 @@ async function start() {
     if (ui.mode === 'live') await resync();
   });
   every(HEALTH_MS, async () => {
-    state.health = await fetchJSON('/api/health');
+    // 503 is the service saying its pipeline is stuck, with the reasons: show them, not "offline".
+    state.health = await fetchJSON('/api/health', { acceptStatus: [503] });
     renderHealth();
   });
   every(DEVICES_MS, async () => {

@@ -18,6 +18,7 @@ const STRINGS = {
     serviceOk: '{name}: connected',
     serviceDown: '{name}: not connected',
     serviceUnknown: '{name}: unknown',
+    pipeline: { ok: 'pipeline working', degraded: 'pipeline degraded', failing: 'pipeline stuck' },
     counts: {
       messages: 'messages', stored: 'stored', rejected: 'rejected', alerts_open: 'open alerts',
       work_orders_open: 'open orders', dispatched: 'dispatched', lag_s: 'lag (s)',
@@ -183,6 +184,7 @@ const STRINGS = {
     serviceOk: '{name}：已连接',
     serviceDown: '{name}：未连接',
     serviceUnknown: '{name}：未知',
+    pipeline: { ok: '处理正常', degraded: '处理降级', failing: '处理停滞' },
     counts: {
       messages: '消息', stored: '已存储', rejected: '已拒绝', alerts_open: '未结预警',
       work_orders_open: '未结工单', dispatched: '已派发', lag_s: '延迟（秒）',

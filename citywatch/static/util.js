@@ -103,6 +103,10 @@ export async function fetchJSON(path, options = {}) {
       body = null;
     }
   }
+  // An answer the caller can read whatever its status (the health check's 503 says what is stuck).
+  if ((options.acceptStatus || []).includes(resp.status) && body && typeof body === 'object') {
+    return body;
+  }
   // A gateway that cannot reach the API is as good as no connection.
   if ([502, 503, 504].includes(resp.status)) throw new NetError(detailText(body, resp.status));
   // The session ended (expired, logged out elsewhere, the user disabled): log in again.

@@ -462,3 +462,29 @@ def test_console_reconnects_after_a_server_restart(console: Console, browser: An
     finally:
         p.close()
 
+
+
+def test_a_stuck_pipeline_shows_as_stuck_not_as_offline(console: Console, browser: Any) -> None:
+    # The health check answers 503 with its reasons when a worker is dead or stuck; the page must
+    # say so, where the operator looks, instead of taking the 503 for a lost connection.
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    stuck = {"status": "failing", "problems": ["ingest: work waiting 75 s without progress"],
+             "warnings": [], "broker": {"connected": True}, "database": {"connected": False},
+             "counts": {}, "lag_s": 0}
+
+    def answer(route: Any) -> None:
+        route.fulfill(status=503, content_type="application/json", body=json.dumps(stuck))
+
+    try:
+        page.route("**/api/health", answer)
+        page.goto(console.url + "/")
+        page.wait_for_url("**/login", timeout=10_000)
+        log_in(page, ROLE_USERS["operator"][0], PASSWORD)
+        item = page.wait_for_selector('#pipeline-state[data-status="failing"]', timeout=15_000)
+        assert item.inner_text() == "pipeline stuck"
+        assert item.get_attribute("title") == "ingest: work waiting 75 s without progress"
+        assert "svc-bad" in (item.get_attribute("class") or "")
+        # The rest of the page still works: the connection is live, not "disconnected".
+        page.wait_for_selector('#conn[data-mode="live"]', timeout=10_000)
+    finally:
+        page.close()
