@@ -51,7 +51,8 @@ _CONCEPTS: Final[Mapping[str, tuple[str, ...]]] = {
                "交通灯"),
     "speeding": ("speeding", "speed", "超速", "飙车"),
     "fall": ("fall", "fell", "fallen", "falling", "drop", "dropped", "hurl", "坠落", "掉落",
-             "高空抛物", "坠物", "掉下", "掉下来", "砸", "砸到", "落下", "抛物", "扔东西", "掉东西"),
+             "高空抛物", "坠物", "掉下", "掉下来", "砸", "砸到", "落下", "抛物", "扔东西",
+             "掉东西"),
     "glass": ("glass", "pane", "玻璃"),
     "window": ("window", "窗", "窗户", "窗框"),
     "facade": ("facade", "cladding", "tile", "外墙", "瓷砖", "墙皮", "幕墙", "外立面", "墙面"),
@@ -71,8 +72,8 @@ _CONCEPTS: Final[Mapping[str, tuple[str, ...]]] = {
     "sidewalk": ("sidewalk", "pavement", "人行道", "便道"),
     "light": ("light", "lamp", "luminaire", "lamppost", "路灯", "灯", "灯杆", "照明"),
     "dark": ("out", "dark", "dim", "不亮", "黑", "灭了", "坏了"),
-    "pothole": ("pothole", "cavein", "cave", "hole", "pit", "坑", "坑洼", "塌陷", "凹陷", "路面破损",
-                "破损", "裂缝"),
+    "pothole": ("pothole", "cavein", "cave", "hole", "pit", "坑", "坑洼", "塌陷", "凹陷",
+                "路面破损", "破损", "裂缝"),
     "heat": ("heat", "heating", "radiator", "暖气", "供暖", "不热"),
     "hotwater": ("hotwater", "热水"),
     "garbage": ("garbage", "trash", "rubbish", "waste", "litter", "dump", "bulky", "collection",
@@ -109,15 +110,16 @@ _CONCEPTS: Final[Mapping[str, tuple[str, ...]]] = {
     "repeat": ("again", "still", "repeat", "又", "还是", "依然", "仍然", "再次", "多次", "一直"),
 }
 
-_STOP: Final = frozenset("""
-a an the and or of in on at to for from by with without is are was were be been being it its
-this that these those there here i we you he she they my our your their me us them not no
-very too so just only also has have had do does did please can could would should will
-there's it's i'm don't can't isn't aren't near next by about than then into onto over under
-comments use other unknown n a na etc s
-""".split())
+_STOP: Final = frozenset((
+    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "for", "from", "by", "with",
+    "without", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that",
+    "these", "those", "there", "here", "i", "we", "you", "he", "she", "they", "my", "our",
+    "your", "their", "me", "us", "them", "not", "no", "very", "too", "so", "just", "only",
+    "also", "has", "have", "had", "do", "does", "did", "please", "can", "could", "would",
+    "should", "will", "there's", "it's", "i'm", "don't", "can't", "isn't", "aren't", "near",
+    "next", "about", "than", "then", "into", "onto", "over", "under", "comments", "use",
+    "other", "unknown", "n", "na", "etc", "s"))
 
-# Words whose letters alone carry no place: kept as tokens but not matched to a place.
 _SUFFIXES: Final = ("ing", "ed", "es", "s")
 _LATIN = re.compile(r"[a-z0-9]+")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
@@ -160,8 +162,8 @@ def _build_lexicon() -> tuple[dict[str, str], dict[str, str]]:
     latin: dict[str, str] = {}
     cjk: dict[str, str] = {}
     for concept, words in _CONCEPTS.items():
-        for w in words:
-            w = normalise(w)
+        for word in words:
+            w = normalise(word)
             target = cjk if _CJK.fullmatch(w) else latin
             target.setdefault(w, concept)
             if target is latin:

@@ -26,7 +26,7 @@ WORK_ORDER_ACTIONS: Final = ("assign", "accept", "resolve", "close", "reopen")
 TEAM_ACTIONS: Final = ("accept", "resolve")  # a field team answers; it does not dispatch
 USER_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 # Names the history already uses for what no person did.
-RESERVED_NAMES: Final = frozenset({"system", "operator", "team", "grid"})
+RESERVED_NAMES: Final = frozenset({"system", "operator", "team", "grid", "resident"})
 
 
 class IdentityError(ValueError):

@@ -69,8 +69,8 @@ LANDMARKS: dict[tuple[str, str], str] = {
 }
 _ROAD = re.compile(r"\b([A-Z][a-z]+(?: (?:East|West|North|South))? (?:Road|Street))\b")
 # Building names that say nothing on their own (a block letter, "Building 5", a library).
-_GENERIC = re.compile(r"^([A-Za-z]?\d*[#栋座号楼区档]*|.{0,2}|\D{0,3} ?\d+|.*(宿舍|教学|实验|看台|号楼|"
-                      r"餐厅|图书馆|体育馆|游泳馆|报告厅|行政楼|综合楼|办公楼|住院|门诊|入口|大厅|"
+_GENERIC = re.compile(r"^([A-Za-z]?\d*[#栋座号楼区档]*|.{0,2}|\D{0,3} ?\d+|"
+                      r".*(宿舍|教学|实验|看台|号楼|餐厅|图书馆|体育馆|游泳馆|报告厅|行政楼|综合楼|办公楼|住院|门诊|入口|大厅|"
                       r"Home).*)$")
 
 
