@@ -96,7 +96,7 @@ def _hotline_body() -> type[BaseModel]:
         "HotlineAppeal", __config__=ConfigDict(extra="forbid"),
         text=(str, Field(min_length=1, max_length=MAX_TEXT, pattern=NO_NUL,
                          description="what the caller says")),
-        category=(category, Field(default="auto", description="auto: from the words")),
+        category=(category, Field(default=category["auto"], description="auto: from the words")),
         lat=(float | None, Field(default=None, ge=-90, le=90)),
         long=(float | None, Field(default=None, ge=-180, le=180)),
         address=(str, Field(default="", max_length=MAX_ADDRESS, pattern=NO_NUL,

@@ -141,7 +141,9 @@ def _en(f: Facts, tz: ZoneInfo) -> str:
             out.append("No sensor or grid worker has confirmed it yet, and no incident is "
                        "open for it.")
     else:
-        head = f"{inc.place}:"
+        # A sensor's incident is where its zone is; one known from reports is in a whole grid
+        # cell, so the appeal's own place says more.
+        head = f"{inc.place if inc.sensed else f.place}:"
         r = f.reading
         if r is not None and r.metric in _METRIC:
             name, unit, _zn, _zu = _METRIC[r.metric]
@@ -210,7 +212,7 @@ def _zh(f: Facts, tz: ZoneInfo, roads: Mapping[str, str]) -> str:
         else:
             out.append("目前尚无传感器或网格员确认，也没有相应的事件。")
     else:
-        head = f"{place_zh(inc.place, roads)}："
+        head = f"{place_zh(inc.place if inc.sensed else f.place, roads)}："
         r = f.reading
         if r is not None and r.metric in _METRIC:
             _n, _u, zn, zu = _METRIC[r.metric]
