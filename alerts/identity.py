@@ -109,4 +109,5 @@ def permissions(who: Identity) -> dict[str, Any]:
     else:
         orders = {"scope": "none", "actions": []}
     return {"alerts": list(ALERT_ACTIONS) if may_act_on_alerts(who) else [],
-            "work_orders": orders, "users": who.role == "admin"}
+            "work_orders": orders, "users": who.role == "admin",
+            "appeals": may_act_on_alerts(who)}  # the hotline form: operators and admins
