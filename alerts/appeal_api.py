@@ -40,7 +40,19 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from alerts import appeal_reply, appeal_store, open311
 from alerts.appeal_desk import RESIDENT, AppealDesk, Filed
-from alerts.appeal_intake import MAX_ADDRESS, MAX_TEXT, IntakeError, categories, from_georeport
+from alerts.appeal_intake import (
+    EMAIL_PATTERN,
+    ID_PATTERN,
+    MAX_ADDRESS,
+    MAX_TEXT,
+    NAME_PATTERN,
+    PHONE_PATTERN,
+    URL_PATTERN,
+    IntakeError,
+    PlaceError,
+    categories,
+    from_georeport,
+)
 from alerts.appeal_intake import from_hotline as hotline_intake
 from alerts.identity import Identity
 from alerts.lifecycle import NotFound
@@ -52,6 +64,13 @@ log = logging.getLogger(__name__)
 
 APPEAL_ID = r"^AP-[0-9]{1,18}$"
 NO_NUL = r"^[^\x00]*$"
+DECIMAL = r"^(|-?[0-9]{1,3}(\.[0-9]{1,15})?)$"
+def _or_empty(pattern: str) -> str:
+    return rf"^(|{pattern[1:-1]})$"
+
+
+_make: Any = Enum
+ServiceCode = _make("ServiceCode", {c: c for c in categories()}, type=str)
 
 
 @dataclass(frozen=True)
@@ -66,21 +85,22 @@ class GeoReportForm(BaseModel):
     """GeoReport v2 ``POST requests`` fields (form-encoded). ``attribute[...]`` is ignored."""
 
     model_config = ConfigDict(extra="ignore")
-    service_code: str = Field(max_length=64, description="one of GET services.json, or other")
-    lat: str | None = Field(default=None, max_length=32)
-    long: str | None = Field(default=None, max_length=32)
-    address_string: str | None = Field(default=None, max_length=MAX_ADDRESS, pattern=NO_NUL)
-    address_id: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
-    description: str | None = Field(default=None, max_length=MAX_TEXT, pattern=NO_NUL)
-    media_url: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
-    email: str | None = Field(default=None, max_length=254, pattern=NO_NUL)
-    phone: str | None = Field(default=None, max_length=40, pattern=NO_NUL)
-    first_name: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
-    last_name: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
-    device_id: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
-    account_id: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
-    api_key: str | None = Field(default=None, max_length=200, description="ignored")
-    jurisdiction_id: str | None = Field(default=None, max_length=200, description="ignored")
+    # Optional fields are "" when absent, never null: a form has no null.
+    service_code: ServiceCode = Field(description="one of GET services.json, or other")  # type: ignore[valid-type]
+    lat: str = Field(default="", max_length=24, pattern=DECIMAL)
+    long: str = Field(default="", max_length=24, pattern=DECIMAL)
+    address_string: str = Field(default="", max_length=MAX_ADDRESS, pattern=NO_NUL)
+    address_id: str = Field(default="", max_length=64, pattern=NO_NUL)
+    description: str = Field(default="", max_length=MAX_TEXT, pattern=NO_NUL)
+    media_url: str = Field(default="", max_length=2000, pattern=_or_empty(URL_PATTERN))
+    email: str = Field(default="", max_length=254, pattern=_or_empty(EMAIL_PATTERN))
+    phone: str = Field(default="", max_length=60, pattern=_or_empty(PHONE_PATTERN))
+    first_name: str = Field(default="", max_length=100, pattern=_or_empty(NAME_PATTERN))
+    last_name: str = Field(default="", max_length=100, pattern=_or_empty(NAME_PATTERN))
+    device_id: str = Field(default="", max_length=100, pattern=_or_empty(ID_PATTERN))
+    account_id: str = Field(default="", max_length=100, pattern=_or_empty(ID_PATTERN))
+    api_key: str = Field(default="", max_length=200, description="ignored")
+    jurisdiction_id: str = Field(default="", max_length=200, description="ignored")
 
 
 class PostedRequest(BaseModel):
@@ -101,7 +121,7 @@ def _hotline_body() -> type[BaseModel]:
         long=(float | None, Field(default=None, ge=-180, le=180)),
         address=(str, Field(default="", max_length=MAX_ADDRESS, pattern=NO_NUL,
                             description="typed when no point is picked on the map")),
-        phone=(str, Field(default="", max_length=40, pattern=NO_NUL,
+        phone=(str, Field(default="", max_length=60, pattern=rf"^(|{PHONE_PATTERN[1:-1]})$",
                           description="the caller's number (kept, never shown publicly)")))
     return model
 
@@ -230,6 +250,9 @@ def appeals_router(desk: AppealDesk, pool: ConnectionPool[psycopg.Connection[Any
                  responses={**GEOREPORT, 200: {"model": list[PostedRequest],
                                                "description": "the same submission again: "
                                                "its earlier id"},
+                            404: {"model": list[GeoReportError],
+                                  "description": "no place of the district: none given, "
+                                  "outside it, or an address it does not know"},
                             429: {"model": list[GeoReportError],
                                   "description": "too many requests; see Retry-After"}})
     def post_request(form: Annotated[GeoReportForm, Form()], request: Request) -> Any:
@@ -242,9 +265,11 @@ def appeals_router(desk: AppealDesk, pool: ConnectionPool[psycopg.Connection[Any
             gate.public(address)
         except Throttled as exc:
             return georeport_error(429, str(exc), {"Retry-After": str(exc.retry_after)})
-        params = {k: v for k, v in form.model_dump().items() if isinstance(v, str)}
+        params = {k: str(v) for k, v in form.model_dump(mode="json").items()}
         try:
             filed = desk.file(from_georeport(params), RESIDENT, address)
+        except PlaceError as exc:
+            return georeport_error(404, str(exc))
         except IntakeError as exc:
             return georeport_error(400, str(exc))
         except (psycopg.OperationalError, PoolTimeout) as exc:
@@ -259,7 +284,9 @@ def appeals_router(desk: AppealDesk, pool: ConnectionPool[psycopg.Connection[Any
     def hotline(body: Annotated[hotline_body, Body()],  # type: ignore[valid-type]
                 who: Me) -> dict[str, Any]:
         """The hotline operator's form: the caller's words, a place (picked on the map or
-        typed), the caller's number. Operators and admins; recorded under the operator."""
+        typed), the caller's number. Operators and admins; recorded under the operator.
+        409 with the reason when it cannot be taken (no place, outside the district, an
+        address the district does not know)."""
         if who.role not in ("operator", "admin"):
             raise HTTPException(403, f"{who.user} ({who.role}) may not file appeals: operators "
                                 "and admins take hotline calls")
@@ -272,8 +299,8 @@ def appeals_router(desk: AppealDesk, pool: ConnectionPool[psycopg.Connection[Any
         params = {k: "" if v is None else str(v) for k, v in data.items()}
         try:
             filed = desk.file(hotline_intake(params), who.user, who.user)
-        except IntakeError as exc:
-            raise HTTPException(422, str(exc)) from None
+        except IntakeError as exc:  # understood, but it cannot be taken: refused with why
+            raise HTTPException(409, str(exc)) from None
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("%s: %s", UNAVAILABLE, exc)
             raise HTTPException(503, UNAVAILABLE) from None

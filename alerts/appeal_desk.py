@@ -31,7 +31,7 @@ import shapely
 from psycopg_pool import ConnectionPool
 
 from alerts import appeal_match, appeal_reply, appeal_store, appeal_text
-from alerts.appeal_intake import AppealIn, IntakeError, caller_key, categories, fingerprint
+from alerts.appeal_intake import AppealIn, PlaceError, caller_key, categories, fingerprint
 from alerts.store import AlertStore, Applied
 from geo.crs import distance_m, lonlat_to_utm, to_utm
 from geo.gazetteer import Gazetteer, Resolved
@@ -99,7 +99,7 @@ class AppealDesk:
 
     # --- placing -----------------------------------------------------------------------
     def place(self, a: AppealIn) -> tuple[tuple[float, float], tuple[str, ...], str]:
-        """(position, zones, place in words) or ``IntakeError``."""
+        """(position, zones, place in words) or ``PlaceError``."""
         field = "lat"
         if a.position is not None:
             lon, lat = a.position
@@ -108,11 +108,11 @@ class AppealDesk:
             found = self.gazetteer.resolve(a.address)
             field = "address_string" if a.source == "open311" else "address"
             if not isinstance(found, Resolved):
-                raise IntakeError(field, found.reason)
+                raise PlaceError(field, found.reason)
             (lon, lat), label = found.position, found.label
         zone_ids = self._index.zones_at(lon, lat)
         if not any(self._zones[z].type in ("district", "municipal") for z in zone_ids):
-            raise IntakeError(field, f"[{lon:.5f}, {lat:.5f}] is outside the district")
+            raise PlaceError(field, f"[{lon:.5f}, {lat:.5f}] is outside the district")
         # The place in words is the district's own name for it, never the words the resident
         # typed (which may name a home): it is what a reply may show.
         if a.position is not None or not label:

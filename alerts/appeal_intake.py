@@ -28,10 +28,17 @@ MAX_TEXT: Final = 4000
 MAX_ADDRESS: Final = 200
 MAX_URL: Final = 2000
 _PHONE = re.compile(r"^\+?[0-9]{5,20}$")
-_EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,190}\.[A-Za-z]{2,24}$")
-_URL = re.compile(r"^https?://[^\s\x00]{3,}$", re.IGNORECASE)
-_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
-_NAME = re.compile(r"^[^\x00-\x1f\x7f]{0,100}$")
+# What the API's schema lets through as a phone number: 5 to 20 digits, each followed by at most
+# two of space ( ) . - (so that every number the schema accepts is one ``phone`` takes).
+PHONE_PATTERN = r"^\+?\(?(?:[0-9][ ().-]{0,2}){5,20}$"
+EMAIL_PATTERN = r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,190}\.[A-Za-z]{2,24}$"
+URL_PATTERN = r"^https?://[^\s\x00]{3,}$"
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,100}$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]{0,100}$"
+_EMAIL = re.compile(EMAIL_PATTERN)
+_URL = re.compile(URL_PATTERN, re.IGNORECASE)
+_ID = re.compile(ID_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
 
 Source = Literal["open311", "hotline"]
 
@@ -47,6 +54,11 @@ class IntakeError(AlertsError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class PlaceError(IntakeError):
+    """Well formed, but no place of the district: none given, outside it, or an address it does
+    not know (GeoReport answers 404, as for an unknown jurisdiction)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +107,7 @@ def _coordinate(params: Mapping[str, str], key: str, lo: float, hi: float) -> fl
     except ValueError:
         raise IntakeError(key, f"{raw[:40]!r} is not a number") from None
     if not math.isfinite(v) or not lo <= v <= hi:
-        raise IntakeError(key, f"{v} is out of range ({lo} to {hi})")
+        raise PlaceError(key, f"{v} is out of range ({lo} to {hi})")
     return v
 
 
@@ -138,7 +150,7 @@ def _position(params: Mapping[str, str]) -> tuple[float, float] | None:
     lat = _coordinate(params, "lat", -90, 90)
     lon = _coordinate(params, "long", -180, 180)
     if (lat is None) != (lon is None):
-        raise IntakeError("lat" if lat is None else "long", "lat and long come together")
+        raise PlaceError("lat" if lat is None else "long", "lat and long come together")
     return None if lat is None or lon is None else (lon, lat)
 
 
@@ -155,7 +167,7 @@ def from_georeport(params: Mapping[str, str]) -> AppealIn:
     position = _position(params)
     address = _text(params, "address_string", MAX_ADDRESS) or _text(params, "address_id", 64)
     if position is None and not address:
-        raise IntakeError("lat", "a place is required: lat and long, or address_string")
+        raise PlaceError("lat", "a place is required: lat and long, or address_string")
     return AppealIn("open311", code, position, address,
                     _text(params, "description", MAX_TEXT), _media(params), _contact(params))
 
@@ -175,7 +187,7 @@ def from_hotline(params: Mapping[str, str]) -> AppealIn:
     position = _position(params)
     address = _text(params, "address", MAX_ADDRESS)
     if position is None and not address:
-        raise IntakeError("address", "a place is required: pick it on the map or type it")
+        raise PlaceError("address", "a place is required: pick it on the map or type it")
     return AppealIn("hotline", cat, position, address, text, "",
                     Contact(phone=phone(params.get("phone", ""))))
 

@@ -109,6 +109,10 @@ def test_appeals_merge_into_the_sensors_incident_counted_not_multiplied(
     listing = running.get("/api/appeals", alert_id=alert["id"])
     assert (listing["appeals"], listing["callers"]) == (5, 3)
     assert sorted(i["id"] for i in listing["items"]) == sorted(ids)
+    # Outside the district, or nowhere it knows: GeoReport's 404, with the reason.
+    outside = post(running, service_code="waterlogging", lat="40.7", long="-74.0")
+    assert outside.status_code == 404
+    assert "outside the district" in outside.json()[0]["description"]
     assert all(i["work_order_id"] == alert["work_order_id"] for i in listing["items"])
     # One incident, one order: the appeals are counted on it, not opened again.
     assert len(running.get("/api/work-orders")) == orders_before
@@ -231,7 +235,7 @@ def test_the_hotline_form_records_the_operator_and_resolves_typed_addresses(
         viewer.close()
     # An address the district does not know is refused with the reason.
     bad = running.post("/api/appeals", {"text": "积水", "address": "人民路"})
-    assert bad.status_code == 422
+    assert bad.status_code == 409
     assert "give a crossing road, a landmark, or a point on the map" in bad.json()["detail"]
     geo = running.get("/api/geocode", q="北寺塔")
     assert geo["resolved"] and geo["label"] == "Beisi Pagoda"
