@@ -201,6 +201,17 @@ def opened_for(cur: psycopg.Cursor[Any], event_id: str, since: datetime
     return None if row is None else (str(row[0]), row[1])
 
 
+def prune(conn: psycopg.Connection[Any], cutoff: datetime, batch: int = 5000) -> int:
+    """Delete appeals received before ``cutoff`` (with their contact details), in batches."""
+    total = 0
+    while True:
+        n = conn.execute("DELETE FROM appeals WHERE id IN (SELECT id FROM appeals WHERE "
+                         "received < %s LIMIT %s)", (cutoff, batch)).rowcount
+        total += n
+        if n < batch:
+            return total
+
+
 # --- readers -----------------------------------------------------------------------------
 
 PUBLIC_COLUMNS = ("id, source, category, lon, lat, zone_ids, address, place, description, "

@@ -321,6 +321,19 @@ class Service:
         sched.add_job(lambda: alert_retention.run(db, keep, self._clock()), "interval",
                       hours=6, id="alert-retention", coalesce=True, max_instances=1,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=45))
+        def appeal_retention() -> None:
+            # Residents' appeals (and their contact details) go with the work orders they
+            # were about: after work_orders.keep_days.
+            try:
+                with psycopg.connect(db, autocommit=True) as conn:
+                    appeal_store.prune(conn, self._clock() - timedelta(
+                        days=cfg.work_orders.keep_days))
+            except psycopg.OperationalError as exc:
+                log.warning("appeal retention skipped: database unavailable (%s)", exc)
+
+        sched.add_job(appeal_retention, "interval", hours=6, id="appeal-retention",
+                      coalesce=True, max_instances=1,
+                      next_run_time=datetime.now(UTC) + timedelta(seconds=50))
         sched.add_job(self.check_deadlines, "interval", seconds=cfg.work_orders.check_every_s,
                       id="deadlines", coalesce=True, max_instances=1)
         sched.add_job(self.tick, "interval", seconds=cfg.clocks.tick_every_s, id="tick",

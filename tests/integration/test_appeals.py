@@ -327,3 +327,18 @@ def test_the_public_intake_survives_a_flood(guarded: Running, broker_url: str) -
                          ).json()[0]["related_request_id"] == alert["work_order_id"]
     finally:
         quiet.close()
+
+
+def test_old_appeals_are_pruned_with_their_contact_details(running: Running) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from alerts import appeal_store
+    got = post(running, service_code="other", long=str(CELL_01[0]), lat=str(CELL_01[1]),
+               description="noise", phone="13500000001")
+    assert got.status_code == 201
+    with psycopg.connect(running.db_url, autocommit=True) as conn:
+        assert appeal_store.prune(conn, datetime.now(UTC) - timedelta(days=1)) == 0
+        assert appeal_store.prune(conn, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert running.sql("SELECT count(*) FROM appeals") == [(0,)]
