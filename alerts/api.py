@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import psycopg
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
@@ -43,6 +44,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from alerts import store
+from alerts.appeal_api import IntakeLimits, appeals_router, public_request
+from alerts.appeal_desk import AppealDesk
 from alerts.auth import (
     SESSION_COOKIE,
     Access,
@@ -68,6 +71,7 @@ OrderState = Literal["open", "assigned", "accepted", "resolved", "closed"]
 Hazard = Literal["waterlogging", "falling_object", "traffic"]
 OrderAction = Literal["assign", "accept", "resolve", "close", "reopen"]
 ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+OPEN311_POST = "/open311/v2/requests.json"
 ZoneId = Annotated[str, Query(max_length=64, pattern=ID_PATTERN)]
 AlertId = Annotated[str, PathParam(max_length=64, pattern=ID_PATTERN)]
 OrderId = Annotated[str, PathParam(max_length=64, pattern=ID_PATTERN)]
@@ -131,6 +135,10 @@ class ApiDeps:
     # Who may log in. None: our own users table (alerts.users) with POST /api/token and the
     # console's login; a single sign-on's Authenticator replaces it (see alerts.auth).
     authenticator: Authenticator | None = None
+    # Residents' appeals (GeoReport POST requests, the hotline form); None: not served.
+    appeals: AppealDesk | None = None
+    appeal_limits: IntakeLimits = field(default_factory=IntakeLimits)
+    local_tz: str = "Asia/Shanghai"  # replies to residents give local times
 
 
 def _order_body(team_ids: Sequence[str]) -> type[BaseModel]:
@@ -329,9 +337,20 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(console_router(deps.pool, deps.zones, deps.thresholds, clock=deps.clock,
                                       pool_wait_s=web.pool_wait_s),
                        dependencies=logged_in, responses=READ)
+    desk = deps.appeals
+    appeal = None
+    if desk is not None:
+        app.include_router(appeals_router(desk, deps.pool, access.identity, deps.clock,
+                                          limits=deps.appeal_limits, tz=deps.local_tz,
+                                          pool_wait_s=web.pool_wait_s))
+        tz, names = ZoneInfo(deps.local_tz), dict(deps.departments)
+
+        def appeal(c: psycopg.Connection[Any], appeal_id: str) -> dict[str, Any]:
+            return public_request(desk, c, appeal_id, deps.clock(), tz, names)
     app.include_router(standards_router(deps.pool, deps.zones, deps.clock,
                                         departments=deps.departments, cap_sender=deps.cap_sender,
-                                        cap_dependencies=logged_in, pool_wait_s=web.pool_wait_s))
+                                        cap_dependencies=logged_in, pool_wait_s=web.pool_wait_s,
+                                        appeal=appeal))
     if local is not None:
         app.include_router(login_router(local, access))
 
@@ -347,7 +366,11 @@ def create_app(deps: ApiDeps) -> FastAPI:
         _static(app, deps.static_dir, authn)
     app.add_middleware(HttpGuard, allowed_hosts=web.allowed_hosts,
                        max_body=web.max_body_bytes, csp=CONSOLE_CSP,
-                       csp_for={"/docs": docs_csp})
+                       csp_for={"/docs": docs_csp},
+                       # the public intake: anyone may post (no cookie or token counts there),
+                       # but only small bodies
+                       open_posts={OPEN311_POST: min(web.max_body_bytes,
+                                                     deps.appeal_limits.max_body_bytes)})
     return app
 
 

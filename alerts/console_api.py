@@ -22,6 +22,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from psycopg_pool import ConnectionPool
 
+from alerts import appeal_store
 from alerts.pooled import pooled
 from alerts.responses import NOT_FOUND
 from geo.zones import Zone
@@ -157,12 +158,15 @@ def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequenc
                operators_on_shift: Annotated[int, Query(alias="operators", ge=1, le=1000)]
                = operators) -> dict[str, Any]:
         """The day's load (local day in ``day_tz``): messages, alerts, incidents (distinct zone
-        and hazard), work orders, and work orders per operator on shift."""
+        and hazard), work orders, and work orders per operator on shift; residents' appeals,
+        their distinct callers, the problems they were about (incidents joined or opened, and
+        cases of appeals no incident took) and the work orders among them."""
         d = now().astimezone(tz).date() if day is None else _day(day)
         start = datetime.combine(d, time(0), tzinfo=tz)
         end = datetime.combine(d + timedelta(days=1), time(0), tzinfo=tz)
         with conn() as c:
             row = c.execute(_FUNNEL_SQL, {"start": start, "end": end}).fetchone()
+            appeals = appeal_store.funnel(c, start, end)
         assert row is not None
         telemetry, events, rejected, alerts, incidents, orders, merged = (int(v) for v in row)
         return {
@@ -171,6 +175,8 @@ def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequenc
             "rejected": rejected, "alerts": alerts, "incidents": incidents,
             "work_orders": orders, "duplicates_merged": merged, "operators": operators_on_shift,
             "orders_per_operator": round(orders / operators_on_shift, 2),
+            # residents' appeals: appeals -> problems (incidents and cases) -> work orders
+            **appeals,
         }
 
     return router

@@ -57,15 +57,18 @@ def default_hosts(served: str) -> frozenset[str] | None:
 class HttpGuard:
     def __init__(self, app: ASGIApp, *, allowed_hosts: Collection[str] | None,
                  max_body: int = 65536, csp: str = CONSOLE_CSP,
-                 csp_for: Mapping[str, str] | None = None) -> None:
+                 csp_for: Mapping[str, str] | None = None,
+                 open_posts: Mapping[str, int] | None = None) -> None:
         """``allowed_hosts`` None or containing '*': any Host. ``csp_for``: a policy per exact
-        path instead of ``csp`` (the API docs page needs its own)."""
+        path instead of ``csp`` (the API docs page needs its own). ``open_posts``: public
+        intake paths (no login: another site's form may post there) and their body caps."""
         self.app = app
         hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
         self.allowed_hosts = None if hosts is None or "*" in hosts else frozenset(hosts)
         self.max_body = max_body
         self.csp = csp.encode()
         self.csp_for = {p: v.encode() for p, v in (csp_for or {}).items()}
+        self.open_posts = dict(open_posts or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,7 +81,9 @@ class HttpGuard:
             return
         method = scope["method"]
         origin = headers.get(b"origin")
-        if method in UNSAFE_METHODS and origin is not None:
+        cap = self.open_posts.get(scope["path"]) if method == "POST" else None
+        max_body = self.max_body if cap is None else cap
+        if method in UNSAFE_METHODS and origin is not None and cap is None:
             netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
             if netloc != host.lower():
                 await _answer(send, 403, "cross-site request refused: its Origin "
@@ -87,12 +92,12 @@ class HttpGuard:
         length = headers.get(b"content-length")
         if length is not None:
             try:
-                too_big = int(length) > self.max_body
+                too_big = int(length) > max_body
             except ValueError:
                 await _answer(send, 400, "Content-Length is not a number")
                 return
             if too_big:
-                await _answer(send, 413, f"request body over {self.max_body} bytes")
+                await _answer(send, 413, f"request body over {max_body} bytes")
                 return
         elif method in UNSAFE_METHODS:
             # No length given (chunked): read it here, within the cap, and hand it on.
@@ -104,8 +109,8 @@ class HttpGuard:
                     break
                 chunks.append(message.get("body", b""))
                 size += len(chunks[-1])
-                if size > self.max_body:
-                    await _answer(send, 413, f"request body over {self.max_body} bytes")
+                if size > max_body:
+                    await _answer(send, 413, f"request body over {max_body} bytes")
                     return
                 if not message.get("more_body", False):
                     break

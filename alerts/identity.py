@@ -26,7 +26,7 @@ WORK_ORDER_ACTIONS: Final = ("assign", "accept", "resolve", "close", "reopen")
 TEAM_ACTIONS: Final = ("accept", "resolve")  # a field team answers; it does not dispatch
 USER_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 # Names the history already uses for what no person did.
-RESERVED_NAMES: Final = frozenset({"system", "operator", "team", "grid"})
+RESERVED_NAMES: Final = frozenset({"system", "operator", "team", "grid", "resident"})
 
 
 class IdentityError(ValueError):
@@ -109,4 +109,5 @@ def permissions(who: Identity) -> dict[str, Any]:
     else:
         orders = {"scope": "none", "actions": []}
     return {"alerts": list(ALERT_ACTIONS) if may_act_on_alerts(who) else [],
-            "work_orders": orders, "users": who.role == "admin"}
+            "work_orders": orders, "users": who.role == "admin",
+            "appeals": may_act_on_alerts(who)}  # the hotline form: operators and admins

@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from starlette.routing import NoMatchFound
 
 from alerts import cap, open311, store
+from alerts.lifecycle import NotFound
 from alerts.pooled import UNAVAILABLE, pooled
 from alerts.responses import GEOREPORT, NOT_FOUND, READ, GeoReportError
 from geo.zones import Zone
@@ -75,12 +76,15 @@ def standards_router(pool: Pool, zones: Sequence[Zone], clock: Callable[[], date
                      departments: Mapping[str, str] | None = None,
                      cap_sender: str = cap.DEFAULT_SENDER,
                      cap_dependencies: Sequence[Any] = (),
-                     pool_wait_s: float = 5.0) -> APIRouter:
+                     pool_wait_s: float = 5.0,
+                     appeal: Callable[[psycopg.Connection[Any], str], dict[str, Any]] | None
+                     = None) -> APIRouter:
     """``GET /api/alerts/{id}/cap`` and ``GET /open311/v2/...``.
 
     ``departments`` maps department ids to names (GeoReport's ``agency_responsible``).
     ``cap_dependencies`` guard the CAP route (a login, as every ``/api`` route); the Open311
-    routes are public and show only what a resident may see (``alerts.open311``).
+    routes are public and show only what a resident may see (``alerts.open311``). ``appeal``
+    answers for residents' appeals (ids ``AP-...``, ``alerts.appeal_api.public_request``).
     """
     cap.check_token("cap_sender", cap_sender)  # a bad sender fails at start, not per request
     by_id = {z.id: z for z in zones}
@@ -132,11 +136,20 @@ def standards_router(pool: Pool, zones: Sequence[Zone], clock: Callable[[], date
             params = {k: ",".join(request.query_params.getlist(k))
                       for k in request.query_params}
             q = open311.parse_query(params, clock())
+            asked = [i for i in q.ids if i.startswith("AP-")] if appeal is not None else []
             with conn(georeport=True) as c:
                 rows = find_work_orders(c, q)
+                found = [got for i in asked if (got := _appeal(c, i)) is not None]
         except open311.Open311Error as exc:
             return JSONResponse(exc.body(), status_code=exc.code)
-        return [open311.to_request(r, by_id.get(r["zone_id"]), names) for r in rows]
+        return [*found, *(open311.to_request(r, by_id.get(r["zone_id"]), names) for r in rows)]
+
+    def _appeal(c: psycopg.Connection[Any], appeal_id: str) -> dict[str, Any] | None:
+        assert appeal is not None
+        try:
+            return appeal(c, appeal_id)
+        except NotFound:
+            return None
 
     @router.get("/open311/v2/requests/{service_request_id}.json", tags=["standards"],
                 responses={**GEOREPORT, 404: {"model": list[GeoReportError],
@@ -147,6 +160,10 @@ def standards_router(pool: Pool, zones: Sequence[Zone], clock: Callable[[], date
         try:
             q = open311.parse_query({"service_request_id": service_request_id}, clock())
             with conn(georeport=True) as c:
+                if appeal is not None and service_request_id.startswith("AP-"):
+                    got = _appeal(c, service_request_id)
+                    if got is not None:
+                        return [got]
                 rows = find_work_orders(c, q)
             if not rows:
                 raise open311.Open311Error(

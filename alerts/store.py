@@ -343,6 +343,26 @@ class AlertStore:
                              f"{str(report.get('text', ''))[:200]}")
         return str(order_id) if order_id else alert_id
 
+    def merge_appeal(self, cur: psycopg.Cursor[Any], alert_id: str,
+                     evidence: Mapping[str, Any], ts: datetime, actor: str,
+                     reason: str) -> str | None:
+        """A resident's appeal about this incident (``alerts.appeal_desk``): kept as evidence
+        and counted in ``duplicates`` of the alert and its order, as a merged grid report is.
+        Returns the work order."""
+        cur.execute("SELECT work_order_id FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"no alert {alert_id!r}")
+        self._update_alert(cur, alert_id, ts, [evidence], ", duplicates = duplicates + 1")
+        order_id = row[0]
+        if order_id is not None:
+            cur.execute("UPDATE work_orders SET duplicates = duplicates + 1, updated = %s "
+                        "WHERE id = %s RETURNING state", (ts, order_id))
+            got = cur.fetchone()
+            if got is not None:
+                self._repeat(cur, order_id, ts, got[0], actor, reason)
+        return None if order_id is None else str(order_id)
+
     # --- rule changes -------------------------------------------------------------------
     def apply_changes(self, cur: psycopg.Cursor[Any], changes: Iterable[AlertChange],
                       now: datetime | None = None) -> Applied:

@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "funnel":
             from citywatch.funnel import command as funnel_command
             return funnel_command(config, args.scenario, args.seed, args.server)
+        if args.command == "appeals":
+            from citywatch.appeal_replay import command as appeals_command
+            return appeals_command(config, args)
         if args.command == "device":
             return _device(config, args)
         if args.command == "broker":
@@ -162,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         "CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server to create the scratch database on (CITYWATCH_TEST_PG)")
     users_cli.add_parser(sub, common)
+    from citywatch.appeal_replay import add_parser as appeals_parser
+    appeals_parser(sub, common)
     return p
 
 

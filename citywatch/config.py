@@ -132,6 +132,48 @@ class HealthConfig(_Strict):
         "GET /api/health")
 
 
+class AppealsConfig(_Strict):
+    """Residents' appeals: GeoReport ``POST requests`` and the hotline form (README: Residents'
+    reports)."""
+
+    per_address_per_min: int = Field(
+        default=10, ge=1, description="public requests per client address per minute; beyond: "
+        "429 with Retry-After")
+    overall_per_min: int = Field(
+        default=600, ge=1, description="public requests per minute from everyone together "
+        "(a flood from many addresses); beyond: 429. The hotline form is not counted here")
+    per_operator_per_min: int = Field(default=120, ge=1,
+                                      description="hotline appeals per operator per minute")
+    max_body_bytes: int = Field(default=16384, ge=1024, le=65536,
+                                description="larger public requests are refused (413)")
+    dedupe_window_s: float = Field(
+        default=600, ge=0, description="the same submission (category, place, words, sender) "
+        "again within this long is counted on the first, not stored again")
+    near_m: float = Field(default=50, ge=0, description="an appeal this close to an incident "
+                          "or an earlier appeal is at the same place")
+    radius_m: float = Field(default=200, gt=0, description="beyond this an appeal is never "
+                            "about the same problem")
+    incident_window_min: float = Field(
+        default=360, ge=0, description="an incident that ended this recently (its order not "
+        "yet closed) still takes appeals")
+    appeal_window_min: float = Field(default=720, gt=0, description="an appeal joins an "
+                                     "earlier one's case within this long")
+    threshold: float = Field(default=0.7, gt=0, le=1, description="the match score (place, "
+                             "time, words) an appeal needs to join an incident or a case")
+    places_file: Path | None = Field(
+        default=None, description="place names for addresses in words (scripts/make_places.py); "
+        "default: {zones file}_places.json beside the zones file, when it exists")
+    local_tz: str = Field(default="Asia/Shanghai",
+                          description="the time zone of the times in replies to residents")
+
+    @model_validator(mode="after")
+    def _near(self) -> Self:
+        if self.near_m >= self.radius_m:
+            raise ValueError(f"near_m ({self.near_m}) must be less than radius_m "
+                             f"({self.radius_m})")
+        return self
+
+
 class ZonesConfig(_Strict):
     file: Path = Field(description="GeoJSON of zones, relative to this config file")
 
@@ -292,6 +334,7 @@ class Config(_Strict):
         "entry points of the citywatch.devices group load without being listed")
     work_orders: WorkOrdersConfig = WorkOrdersConfig()
     auth: AuthConfig = AuthConfig()
+    appeals: AppealsConfig = AppealsConfig()
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by the loader")
 
     @field_validator("plugins")
@@ -345,6 +388,15 @@ class Config(_Strict):
         if ca is None:
             return None
         return ca if ca.is_absolute() else self.base_dir / ca
+
+    @property
+    def places_path(self) -> Path | None:
+        """The place names for addresses in words, if any."""
+        f = self.appeals.places_file
+        if f is not None:
+            return f if f.is_absolute() else self.base_dir / f
+        beside = self.zones_path.with_name(f"{self.zones_path.stem}_places.json")
+        return beside if beside.exists() else None
 
     @property
     def zones_path(self) -> Path:

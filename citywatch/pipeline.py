@@ -21,9 +21,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -43,6 +43,7 @@ from sensing.mqtt import Inbound
 log = logging.getLogger(__name__)
 
 Position = tuple[float, float]
+T = TypeVar("T")
 
 
 @dataclass
@@ -255,6 +256,45 @@ class Pipeline:
             if applied.changed:
                 self._on_committed()
             return True
+
+    def run_local(self, work: Callable[[psycopg.Cursor[Any],
+                                        Callable[[Sequence[Detection]], Applied] | None], T]
+                  ) -> T:
+        """Run ``work`` in one transaction under the pipeline's lock, giving it ``evaluate``:
+        items made here rather than received (a resident's appeal, ``alerts.appeal_desk``) go
+        through the rules and the alert store as a batch's would. The rules' new state is
+        adopted only after the commit, as for a batch."""
+        with self._lock:
+            now = self._clock()
+            pending = [self.state]
+            applied = Applied()
+
+            def evaluate(items: Sequence[Detection]) -> Applied:
+                state, changes = self._engine.evaluate_many(pending[0], items)
+                pending[0] = state
+                more = self._alerts.apply_changes(cur, changes, now)
+                for f in fields(Applied):
+                    if f.name != "by_hazard":
+                        setattr(applied, f.name, getattr(applied, f.name) + getattr(more, f.name))
+                applied.by_hazard.update(more.by_hazard)
+                return more
+
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    result = work(cur, evaluate)
+            except psycopg.OperationalError:
+                self.close()
+                raise
+            self.state = pending[0]
+            c = self.counts
+            c.alerts_opened += applied.alerts_opened
+            c.alerts_cleared += applied.alerts_cleared
+            c.orders_opened += applied.orders_opened
+            record_applied(self._metrics, applied)
+            if applied.changed:
+                self._on_committed()
+            return result
 
     def _take_batch(self) -> list[Inbound]:
         try:

@@ -20,10 +20,13 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg_pool import ConnectionPool
 
+from alerts import appeal_store, users
 from alerts import retention as alert_retention
 from alerts import store as alert_store
-from alerts import users
 from alerts.api import ApiDeps, WebSettings, create_app
+from alerts.appeal_api import IntakeLimits
+from alerts.appeal_desk import AppealDesk, Runner
+from alerts.appeal_match import MatchParams
 from alerts.auth import LoginLimits
 from alerts.dispatch import OutboxPublisher
 from alerts.http_guard import default_hosts
@@ -38,6 +41,7 @@ from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
 from citywatch.placement import Placement
 from citywatch.supervisor import Supervisor, Worker
+from geo.gazetteer import Gazetteer
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from geo.zones import Zone
@@ -98,6 +102,28 @@ def build_alert_store(cfg: Config, zones: Sequence[Zone]) -> tuple[AlertStore, W
                          f"{cfg.zones_path}")
     workers = WorkerLocator({d.id: (d.kind, d.position) for d in cfg.devices})
     return AlertStore(zone_map, route, policy, offices, workers.nearest), workers
+
+
+def build_appeal_desk(cfg: Config, zones: Sequence[Zone],
+                      pool: ConnectionPool[psycopg.Connection[Any]],
+                      alerts: AlertStore | None, clock: Callable[[], datetime],
+                      run: Runner | None) -> AppealDesk:
+    """The residents' appeals desk: the district's place names, the matching policy, and the
+    pipeline's ``run_local`` so that an appeal goes through the rules as a report would."""
+    a = cfg.appeals
+    params = MatchParams(near_m=a.near_m, radius_m=a.radius_m,
+                         incident_window=timedelta(minutes=a.incident_window_min),
+                         appeal_window=timedelta(minutes=a.appeal_window_min),
+                         threshold=a.threshold)
+    return AppealDesk(pool, zones, Gazetteer.load(zones, cfg.places_path), alerts, clock,
+                      params=params, dedupe_window=timedelta(seconds=a.dedupe_window_s),
+                      run=run, pool_wait_s=cfg.http.pool_wait_s)
+
+
+def appeal_limits(cfg: Config) -> IntakeLimits:
+    a = cfg.appeals
+    return IntakeLimits(a.per_address_per_min, a.overall_per_min, a.per_operator_per_min,
+                        a.max_body_bytes)
 
 
 def web_settings(cfg: Config) -> WebSettings:
@@ -185,6 +211,7 @@ class Service:
             for step in mode.degraded:
                 log.warning("TimescaleDB feature unavailable: %s", step)
             alert_store.migrate(conn)
+            appeal_store.migrate(conn)
             users.migrate(conn)
             sensing_store.upsert_devices(conn, [
                 sensing_store.DeviceSpec(d.id, d.kind, d.position,
@@ -294,6 +321,19 @@ class Service:
         sched.add_job(lambda: alert_retention.run(db, keep, self._clock()), "interval",
                       hours=6, id="alert-retention", coalesce=True, max_instances=1,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=45))
+        def appeal_retention() -> None:
+            # Residents' appeals (and their contact details) go with the work orders they
+            # were about: after work_orders.keep_days.
+            try:
+                with psycopg.connect(db, autocommit=True) as conn:
+                    appeal_store.prune(conn, self._clock() - timedelta(
+                        days=cfg.work_orders.keep_days))
+            except psycopg.OperationalError as exc:
+                log.warning("appeal retention skipped: database unavailable (%s)", exc)
+
+        sched.add_job(appeal_retention, "interval", hours=6, id="appeal-retention",
+                      coalesce=True, max_instances=1,
+                      next_run_time=datetime.now(UTC) + timedelta(seconds=50))
         sched.add_job(self.check_deadlines, "interval", seconds=cfg.work_orders.check_every_s,
                       id="deadlines", coalesce=True, max_instances=1)
         sched.add_job(self.tick, "interval", seconds=cfg.clocks.tick_every_s, id="tick",
@@ -334,7 +374,12 @@ class Service:
                        departments={d.id: d.name for d in self.config.departments},
                        zone_risk=self.zone_risk,
                        team_departments={t.id: t.department for t in self.config.teams},
-                       web=web_settings(self.config))
+                       web=web_settings(self.config),
+                       appeals=build_appeal_desk(self.config, zones, self._pool,
+                                                 self.alert_store, self._clock,
+                                                 self.pipeline.run_local),
+                       appeal_limits=appeal_limits(self.config),
+                       local_tz=self.config.appeals.local_tz)
         app = create_app(deps)
         config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,
                                 log_level="warning", access_log=False)

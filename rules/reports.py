@@ -96,7 +96,9 @@ class ReportRule:
             return state.with_(category, new), []
         new = replace(new, level=self._level)
         what = category.replace("_", " ")
-        title = f"Grid worker reports {what} in {cell.name} (not yet confirmed by a sensor)"
+        who = "Residents report" if det.attrs.get("source") == "resident" else \
+            "Grid worker reports"
+        title = f"{who} {what} in {cell.name} (not yet confirmed by a sensor)"
         return state.with_(category, new), [
             AlertChange(cell.id, category, self._level, det.ts, title, (report_evidence(det),))]
 

@@ -2,6 +2,7 @@
 // board, zone charts and the day's load, kept live from GET /api/stream.
 // Plain ES modules, no dependencies, nothing fetched from outside the citywatch API (CONTRACT §4).
 
+import { appealsBlock, funnelAppeals, initHotline, labelHotline } from './appeals.js';
 import { lineChart, funnelChart } from './charts.js';
 import { LANGS, getLang, setLang, t, tOr } from './i18n.js';
 import { Live } from './live.js';
@@ -458,6 +459,7 @@ function renderAlertDetail(box, a) {
   } else {
     box.appendChild(evidenceChart(a, ev.items, box));
   }
+  box.appendChild(appealsBlock(a, scheduleRender)); // residents' appeals about it, if any
   const w = a.work_order_id ? state.workOrders.get(String(a.work_order_id)) : null;
   const line = el('div', { class: 'alert-wo' });
   if (w) {
@@ -885,7 +887,7 @@ function renderFunnel() {
     more.appendChild(el('dt', {}, t(`funnelMore.${key}`)));
     more.appendChild(el('dd', { class: 'mono' }, formatNumber(f[key])));
   }
-  box.replaceChildren(funnelChart(stages), per, more);
+  box.replaceChildren(...[funnelChart(stages), per, more, funnelAppeals(f)].filter(Boolean));
   $('funnel-note').textContent = t('funnelNote', { tz: f.tz || '' });
 }
 
@@ -925,7 +927,8 @@ document.addEventListener('keydown', (evt) => {
   const target = evt.target;
   const typing = target && (target.isContentEditable || ['INPUT', 'SELECT', 'TEXTAREA'].includes(target.tagName));
   if (typing) return;
-  const anyDialog = dialog.open || $('help-dialog').open || resolveDialog.open;
+  const anyDialog = dialog.open || $('help-dialog').open || resolveDialog.open
+    || $('hotline-dialog').open;
   if (evt.key === '?') {
     evt.preventDefault();
     if (!dialog.open) toggleHelp();
@@ -1002,6 +1005,7 @@ function applyLabels() {
   buildLegend();
   buildMapTools();
   renderHelp();
+  labelHotline();
 }
 
 function switchLanguage() {
@@ -1071,6 +1075,12 @@ async function start() {
     ui.chartHours = Number(e.target.value) || 6;
     ui.series.clear();
     loadSeries(true);
+  });
+  initHotline({
+    mayFile: () => Boolean(ui.me && ui.me.may && ui.me.may.appeals),
+    onFiled: (appeal) => {
+      if (appeal.alert_id) selectAlert(String(appeal.alert_id), { scroll: true });
+    },
   });
   onZonePicked((id) => {
     state.chartZone = id;

@@ -23,6 +23,7 @@ const map = {
   signature: '',
   pinned: null, // {kind: 'zone'|'device', id}
   onZone: () => {}, // called with a zone id when the operator clicks a zone
+  picking: null, // the hotline form waits for a place: the next click gives it
 };
 
 const svg = $('map');
@@ -78,6 +79,7 @@ function makeProjection(features) {
     height,
     unitsPerMetre: s / 111320,
     project: ([lon, lat]) => [offX + (lon - minLon) * k * s, offY + (maxLat - lat) * s],
+    unproject: ([x, y]) => [minLon + (x - offX) / (k * s), maxLat - (y - offY) / s],
   };
 }
 
@@ -630,12 +632,51 @@ svg.addEventListener('click', (evt) => {
     suppressClick = false;
     return;
   }
+  if (map.picking && map.proj) {
+    // The hotline form asked for a place: this click is the place, not a zone to pin.
+    const p = toUser(evt);
+    const done = map.picking;
+    map.picking = null;
+    svg.classList.remove('picking');
+    if (p) {
+      const [lon, lat] = map.proj.unproject([p.x, p.y]);
+      markPicked([p.x, p.y]);
+      done([Math.round(lon * 1e6) / 1e6, Math.round(lat * 1e6) / 1e6]);
+    }
+    return;
+  }
   const target = targetOf(evt.target);
   if (target) {
     pin(target);
     if (target.kind === 'zone') map.onZone(target.id);
   } else if (map.pinned) unpin();
 });
+/** The next click on the map is a place: ``fn([lon, lat])`` gets it (the hotline form). */
+export function pickPoint(fn) {
+  map.picking = fn;
+  svg.classList.add('picking');
+}
+
+export function cancelPick() {
+  map.picking = null;
+  svg.classList.remove('picking');
+}
+
+/** A marker where the hotline's place is (none: ``null``). */
+export function markPicked(xy) {
+  const layer = $('layer-marks');
+  const old = layer.querySelector('.picked');
+  if (old) old.remove();
+  if (!xy) return;
+  const r = Math.max(4, (map.view ? map.view.w : 1000) / 120);
+  const mark = document.createElementNS(svg.namespaceURI, 'circle');
+  mark.setAttribute('class', 'picked');
+  mark.setAttribute('cx', fmt(xy[0]));
+  mark.setAttribute('cy', fmt(xy[1]));
+  mark.setAttribute('r', fmt(r));
+  layer.appendChild(mark);
+}
+
 export function isPinned() {
   return map.pinned !== null;
 }

@@ -483,3 +483,58 @@ def test_a_stuck_pipeline_shows_as_stuck_not_as_offline(console: Console, browse
         page.wait_for_selector('#conn[data-mode="live"]', timeout=10_000)
     finally:
         page.close()
+
+
+def test_hotline_form_files_appeals_that_show_on_the_incident(console: Console,
+                                                              browser: Any) -> None:
+    # wl-09 gauges the Nanmen Road underpass (up-05), which no other test of this module uses.
+    gauge, zone = "wl-09", "up-05"
+    publish_depth(console.broker_url, gauge, 30.0)
+    alert = active_alert(console, zone)
+    p = Page(browser, console.url, 1366, 768)
+    page = p.page
+    try:
+        page.wait_for_selector(f'li.alert[data-alert-id="{alert["id"]}"]')
+        # A caller on the phone: the operator types the words and picks the place on the map.
+        page.click("#hotline-btn")
+        page.wait_for_selector("#hotline-dialog[open]")
+        page.fill("#hotline-text", "南门那个地道积水很深 车开不过去")
+        page.fill("#hotline-phone", "139 1234 5678")
+        page.click("#hotline-pick")
+        page.wait_for_selector("#hotline-dialog:not([open])", state="attached")
+        # The gauge's marker sits on the zone: the click lands on the map there all the same.
+        page.click(f'path.zone[data-zone-id="{zone}"]', force=True)
+        page.wait_for_selector("#hotline-dialog[open]")
+        assert page.inner_text("#hotline-where").startswith("picked: 120.61")
+        page.click("#hotline-submit")
+        filed = page.wait_for_selector("#hotline-result.good", timeout=10_000).inner_text()
+        assert "1 appeals from 1 callers" in filed, filed
+        p.shot("console-hotline-filed.png")
+        page.keyboard.press("Escape")
+        # The incident is selected and shows the appeal.
+        row = f'li.alert.selected[data-alert-id="{alert["id"]}"]'
+        page.wait_for_selector(f"{row} .appeals-count:has-text('1 from 1 callers')",
+                               timeout=10_000)
+        # A second caller, the place typed as an address this time, in Chinese.
+        page.click("#hotline-btn")
+        page.fill("#hotline-text", "南门路地道又淹了")
+        page.fill("#hotline-address", "南门路地道")
+        page.fill("#hotline-phone", "13900000000")
+        page.click("#hotline-submit")
+        page.wait_for_selector("#hotline-result.good:has-text('2 appeals from 2 callers')",
+                               timeout=10_000)
+        page.keyboard.press("Escape")
+        page.wait_for_selector(f"{row} .appeals-count:has-text('2 from 2 callers')",
+                               timeout=10_000)
+        assert page.inner_text(f"{row} .appeals-list li:first-child").endswith("南门路地道又淹了")
+        p.shot("console-hotline-appeals.png")
+        got = console.get("/api/appeals", alert_id=alert["id"])
+        assert (got["appeals"], got["callers"]) == (2, 2)
+        assert {i["actor"] for i in got["items"]} == {ROLE_USERS["operator"][0]}
+        assert {i["contact"]["phone"] for i in got["items"]} == {"13912345678", "13900000000"}
+        assert p.errors == [], f"console errors: {p.errors}"
+    except Exception:
+        p.shot("console-hotline-failure.png")
+        raise
+    finally:
+        p.close()

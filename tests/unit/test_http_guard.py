@@ -110,3 +110,17 @@ def test_default_hosts() -> None:
     assert default_hosts("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
     assert default_hosts("10.1.2.3") == {"10.1.2.3"}
     assert default_hosts("0.0.0.0") is None  # every interface: any name
+
+
+def test_a_public_intake_takes_posts_from_any_site_but_only_small_ones() -> None:
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"]),
+                            Route("/intake", echo, methods=["POST"])])
+    c = Client(HttpGuard(app, allowed_hosts={"testserver"}, max_body=1024,
+                         open_posts={"/intake": 100}))
+    # No login counts there, so another site's form may post; other paths stay guarded.
+    assert c.post("/intake", content=b"x", headers={"Origin": "http://city.example"}).text == "x"
+    assert c.post("/echo", content=b"x", headers={"Origin": "http://city.example"}
+                  ).status_code == 403
+    assert c.post("/intake", content=b"a" * 100).status_code == 200
+    assert c.post("/intake", content=b"a" * 101).status_code == 413
+    assert c.post("/echo", content=b"a" * 101).status_code == 200
