@@ -1,3 +1,3 @@
-"""Shared fixtures: one plugin module per concern (``fix_broker``, ``fix_db``)."""
+"""Shared fixtures: one plugin module per concern (``fix_broker``, ``fix_db``, ``fix_faults``)."""
 
-pytest_plugins = ["tests.fix_broker", "tests.fix_db"]
+pytest_plugins = ["tests.fix_broker", "tests.fix_db", "tests.fix_faults"]
