@@ -18,6 +18,7 @@ lines (bench/bench_faults.py and RELIABILITY.md use that).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -583,18 +584,18 @@ class SmallDisk:
         return st.f_bavail * st.f_frsize
 
     def fill(self) -> None:
-        chunk = b"\0" * (1 << 20)
-        with self.filler.open("wb") as f:
-            try:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for block in (b"\0" * (1 << 20), b"\0" * 4096):  # megabytes, then the last pages
                 while True:
-                    f.write(chunk)
-                    f.flush()
-            except OSError:
-                pass
-            with contextlib.suppress(OSError):  # the last partial megabyte, byte by kilobyte
-                while True:
-                    f.write(b"\0" * 1024)
-                    f.flush()
+                    try:
+                        os.write(fd, block)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+        finally:
+            os.close(fd)
 
     def free(self) -> None:
         self.filler.unlink(missing_ok=True)
@@ -757,6 +758,9 @@ class Ledger:
             text += f"\n  duplicated e.g. {self.duplicated_sample}"
         if self.rejected:
             text += f"\n  rejected by reason {self.rejected}"
+        if any(n != 1 for n in (*self.alerts_by_zone.values(), *self.orders_by_zone.values())):
+            text += (f"\n  alerts by zone|hazard {self.alerts_by_zone}; orders "
+                     f"{self.orders_by_zone}")
         if self.note:
             text += f"\n  {self.note}"
         return text

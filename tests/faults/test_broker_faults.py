@@ -8,6 +8,7 @@ by bench/bench_autosave.py and written up in RELIABILITY.md.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -19,7 +20,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citywatch.config import Config
-from citywatch.embedded import SERVICE_USER, find_mosquitto, mosquitto_config, start_broker
+from citywatch.embedded import (
+    SERVICE_USER,
+    find_mosquitto,
+    free_port,
+    mosquitto_config,
+    mqtt_protocol,
+    start_broker,
+)
 from tests.fix_broker import connect, subscribe
 from tests.fix_faults import (
     EngineProcess,
@@ -56,7 +64,7 @@ def test_broker_sigterm_restarts_mid_stream(
     engine.start()
     # Enough readings to stream through all the restarts (about 1.5 s each) with some to spare.
     steps = max(120, RESTARTS * 25 // len(zones) * 6)
-    fleet = Fleet(fault_broker.url, storm(sorted(zones.values()), steps), rate=60).start()
+    fleet = Fleet(fault_broker.url, storm(sorted(zones.values()), steps), rate=90).start()
     try:
         fleet.wait_published(60)
         away = []
@@ -207,8 +215,6 @@ def test_embedded_broker_keeps_retained_and_queued_messages_across_a_restart(
     broker = start_broker(data, prefer="mosquitto", fallback=False)
     try:
         if os.geteuid() == 0:
-            import pwd
-
             account = pwd.getpwnam(SERVICE_USER)
             assert _uid_of(broker.pid) == account.pw_uid, "Mosquitto should not run as root"
             assert data.stat().st_uid == account.pw_uid
@@ -230,38 +236,37 @@ def test_mosquitto_started_as_root_drops_to_its_own_user_and_cannot_save_in_our_
         tmp_path: Path) -> None:
     """Why the embedded broker hands its directory to its own account: Mosquitto 2 started as
     root switches to user "mosquitto"; given a directory that user cannot write, it loses its
-    queues and retained messages at the next restart (only a line in its log says so)."""
+    queues and retained messages at the next restart (only a line on its output says so)."""
     exe = find_mosquitto()
     if exe is None:
         pytest.skip("mosquitto is not installed")
-    from citywatch.embedded import free_port, mqtt_protocol
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no user mosquitto (the Debian package creates it)")
 
     data = tmp_path / "rootbroker"
     data.mkdir(mode=0o755)
     port = free_port()
     conf = data / "mosquitto.conf"
     conf.write_text(mosquitto_config(port, data))
-    log = data / "mosquitto.log"
-    log.touch(mode=0o666)
-    log.chmod(0o666)  # so the dropped user can write the log, and we can read why it failed
+    out = data / "stdout.txt"  # where Mosquitto complains when it cannot open its log file
 
     def run() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT)
+        with out.open("ab") as sink:
+            proc = subprocess.Popen([exe, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT)
         wait_for("mosquitto as root", lambda: mqtt_protocol("127.0.0.1", port, 1.0), 10)
         return proc
 
     proc = run()
     try:
-        import pwd
-
         assert _uid_of(proc.pid) == pwd.getpwnam("mosquitto").pw_uid
         _leave_retained_and_queued(f"mqtt://127.0.0.1:{port}")
     finally:
         proc.terminate()
         proc.wait(10)
     assert not (data / "mosquitto.db").exists()
-    assert "Error saving in-memory database" in log.read_text(errors="replace")
+    assert "Permission denied" in out.read_text(errors="replace")
     proc = run()
     try:
         retained, queued = _retained_and_queued(f"mqtt://127.0.0.1:{port}")
