@@ -803,6 +803,11 @@ def stored_total(db_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def stored_at_least(db_url: str, n: int) -> Callable[[], bool]:
+    """A check for ``wait_for``: at least ``n`` telemetry rows stored."""
+    return lambda: stored_total(db_url) >= n
+
+
 def outbox_unsent(db_url: str) -> int:
     with psycopg.connect(db_url, connect_timeout=5) as conn:
         row = conn.execute("SELECT count(*) FROM outbox WHERE sent IS NULL").fetchone()

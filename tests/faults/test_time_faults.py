@@ -4,7 +4,8 @@ an hour ahead or an hour behind.
 These cases need branch ``time`` (a wall-clock engine tick, an injectable service clock with an
 immediate-tick hook, per-device clock handling). Until it is merged they are expected to fail
 (``xfail(strict=True)``): once merged, remove ``NEEDS_TIME`` below, and adapt the two adapters
-``service_with_clock`` and ``tick_now`` if that branch names its hooks differently.
+``service_with_clock`` and ``tick_now`` if that branch names its hooks differently (written
+against its work in progress: ``Service(..., clock=...)`` and ``Service.tick()``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from citywatch.config import Config
 from citywatch.service import Endpoints, Service
 from tests.fix_faults import (
     NEEDS_TIME_BRANCH,
-    EngineProcess,
     FaultBroker,
     Fleet,
     Reading,
     flood_gauges,
     iso,
-    storm,
+    stored_at_least,
     take_ledger,
+    wait_for,
     wait_settled,
 )
 
@@ -69,9 +70,10 @@ def service_with_clock(config: Config, endpoints: Endpoints,
 
 
 def tick_now(service: Service) -> None:
-    """Adapter to branch time's immediate-tick hook: run the wall-clock tick now."""
+    """Adapter to branch time's immediate-tick hook (``Service.tick()``, False while messages
+    are still in flight): run the wall-clock tick now."""
     hook: Any = service
-    hook.tick_now()
+    wait_for("the engine's tick to run", hook.tick, timeout=30)
 
 
 @pytest.fixture
@@ -100,8 +102,9 @@ def test_whole_fleet_silent_for_20_minutes(
         clocked_service: tuple[Service, FakeClock], fault_broker: FaultBroker,
         fresh_db_url: str, fault_config: Config) -> None:
     """Every ground monitor reports once, normal values; then nothing for 20 minutes of the
-    service's clock. The devices are marked offline, every zone they watched is ``unknown``
-    (not ``clear``), and no reading was lost or doubled on the way."""
+    service's clock. Every device is judged silent (health's ``faulty_devices``), every zone
+    they watched is ``unknown`` (not ``clear``), at most one maintenance alert per zone, and no
+    reading was lost or doubled on the way."""
     service, clock = clocked_service
     devices = [d for d in fault_config.devices if d.kind in GROUND]
     now = clock()
@@ -116,12 +119,12 @@ def test_whole_fleet_silent_for_20_minutes(
         assert {zone_risk(service)[z]["waterlogging"] for z in watched} == {"clear"}
         clock.advance(timedelta(minutes=20))
         tick_now(service)
-        devs = {f["id"]: f["properties"] for f in api(service, "/api/devices")["features"]}
-        silent = sorted(d.id for d in devices if not devs[d.id]["online"])
+        faulty = set(api(service, "/api/health")["faulty_devices"])
+        silent = sorted(d.id for d in devices if d.id in faulty)
         risk = zone_risk(service)
         unknown = sorted(z for z in watched if risk[z]["waterlogging"] == "unknown")
         ledger = take_ledger("whole fleet silent 20 min (simulated)", fleet, fresh_db_url,
-                             note=f"{len(silent)}/{len(devices)} devices offline, "
+                             note=f"{len(silent)}/{len(devices)} devices judged silent, "
                                   f"{len(unknown)}/{len(watched)} watched zones unknown")
     finally:
         fleet.close()
@@ -130,48 +133,81 @@ def test_whole_fleet_silent_for_20_minutes(
     assert unknown == sorted(watched)
 
 
-@NEEDS_TIME
-@pytest.mark.parametrize("offset_h", [1, -1], ids=["an hour ahead", "an hour behind"])
+def depth_reading(device_id: str, seq: int, ts: datetime, cm: float) -> Reading:
+    body = {"ts": iso(ts), "seq": seq, "values": {"water_depth_cm": cm, "battery_v": 3.6}}
+    return Reading(device_id, seq, f"city/water/{device_id}/telemetry",
+                   json.dumps(body).encode())
+
+
+# Behind also fails on branch time as of 12db87f: the offset it learns for a slow device is lost
+# at an engine restart, and for a minute after it the device's readings count as an hour old
+# (RELIABILITY.md, holes).
+BEHIND_TOO = pytest.mark.xfail(strict=True, reason=NEEDS_TIME_BRANCH + ", and its learned clock "
+                               "offsets surviving an engine restart")
+
+
+@pytest.mark.parametrize("offset_h", [pytest.param(1, marks=NEEDS_TIME, id="an hour ahead"),
+                                      pytest.param(-1, marks=BEHIND_TOO, id="an hour behind")])
 def test_device_clock_off_by_an_hour(
-        offset_h: int, fault_broker: FaultBroker, fresh_db_url: str, fault_config: Config,
-        engine_factory: Callable[..., EngineProcess]) -> None:
-    """wl-01's clock is an hour off; wl-03 (another underpass) keeps true time. Both report a
-    flood, every message twice (a device resending after a lost PUBACK), and the engine is
-    restarted half-way (the broker redelivers). Each reading is stored exactly once, neither is
-    refused, wl-01's flood is judged on the server's timeline (its alert is raised now, not an
-    hour off, and its order is not born overdue), and wl-03 is not made late or silent by its
-    neighbour's clock."""
+        offset_h: int, fault_broker: FaultBroker, fresh_db_url: str,
+        fault_config: Config) -> None:
+    """wl-01's clock is an hour off; wl-03 (another underpass) keeps true time. Both report every
+    10 s of the server's clock: two minutes of dry road, then a flood; every message twice (a
+    device resending after a lost PUBACK), and the engine restarted as the water rises (the
+    broker redelivers). Each reading is stored exactly once, none is refused, wl-01's flood is
+    judged on the server's timeline (its alert raised when the water rose, not an hour off; its
+    order not born overdue), and neither device is taken for faulty or silent."""
     zones = flood_gauges(fault_config)
     skewed, honest = zones["up-01"], zones["up-02"]
-    engine = engine_factory(fault_broker.url, fresh_db_url)
-    engine.start()
-    # Live readings: 40 per gauge, half a second apart, up to now (as the devices see it).
-    wall = datetime.now(UTC)
-    off = storm([skewed], 40, step_s=0.5, end=wall, clock_offset=timedelta(hours=offset_h))
-    true = storm([honest], 40, step_s=0.5, end=wall)
-    readings = [r for pair in zip(off, true, strict=True) for r in pair for _ in range(2)]
-    fleet = Fleet(fault_broker.url, readings, rate=40).start()
+    clock = FakeClock(datetime.now(UTC))
+    start = clock()
+    step_s, steps, dry = 10, 24, 12
+    readings = []
+    for i in range(steps):
+        cm = 2.0 if i < dry else 2.0 + 4.0 * (i - dry + 1)  # red (25 cm) from step 18
+        ts = start + timedelta(seconds=step_s * i)
+        for r in (depth_reading(skewed, i, ts + timedelta(hours=offset_h), cm),
+                  depth_reading(honest, i, ts, cm)):
+            readings += [r, r]
+    endpoints = Endpoints(fault_broker.url, fresh_db_url)
+    client_id = f"faults-{uuid.uuid4().hex[:8]}"
+
+    def start_service() -> Service:
+        factory: Any = Service  # clock= exists once branch time is merged
+        svc: Service = factory(fault_config, endpoints, http_port=0, client_id=client_id,
+                               clock=clock)
+        svc.start()
+        return svc
+
+    service = start_service()
+    fleet = Fleet(fault_broker.url, readings, rate=500)
     try:
-        fleet.wait_published(len(readings) // 2)
-        engine.stop()
-        engine.start()
+        for i in range(steps):
+            if i:
+                clock.advance(timedelta(seconds=step_s))
+            if i == dry + 3:  # the water is rising: restart the engine
+                service.stop()
+                service = start_service()
+            fleet.start(until=4 * (i + 1))
+            fleet.wait_done(30)
+            wait_for(f"step {i} stored", stored_at_least(fresh_db_url, 2 * (i + 1)), timeout=30)
         wait_settled(fleet, fresh_db_url)
-        ledger = take_ledger(f"device clock {offset_h:+d} h", fleet, fresh_db_url)
+        ledger = take_ledger(f"device clock {offset_h:+d} h", fleet, fresh_db_url,
+                             note="published counts each message twice (resent)")
+        health = api(service, "/api/health")
+        risk = zone_risk(service)
     finally:
         fleet.close()
+        service.stop()
     ledger.check(incidents={"up-01": "waterlogging", "up-02": "waterlogging"})
     assert ledger.rejected == {}, ledger.render()
+    assert health["faulty_devices"] == [], health["faulty_devices"]
+    assert risk["up-02"].get("waterlogging") != "unknown"
+    # On the server's clock (stamps carry milliseconds: a second's slack).
+    flood = (start + timedelta(seconds=step_s * dry - 1), clock() + timedelta(seconds=1))
     with psycopg.connect(fresh_db_url) as conn:
         rows = conn.execute("SELECT a.zone_id, a.raised, w.respond_by FROM alerts a "
                             "JOIN work_orders w ON w.id = a.work_order_id").fetchall()
     for zone_id, raised, respond_by in rows:
-        # The readings span 20 s up to `wall`: on the server's timeline every alert is raised
-        # within minutes of it, whatever the device's clock says.
-        assert abs(raised - wall) < timedelta(minutes=5), (zone_id, raised, wall)
-        assert respond_by > wall, f"{zone_id}: the order was born overdue ({respond_by})"
-    health = engine.health()
-    assert health["faulty_devices"] == [], health["faulty_devices"]
-    risk = engine.get("/api/zones")
-    up02 = next(f for f in risk["features"] if f["id"] == "up-02")["properties"]["risk"]
-    assert up02.get("waterlogging") != "unknown"
-
+        assert flood[0] <= raised <= flood[1], (zone_id, raised, flood)
+        assert respond_by > clock(), f"{zone_id}: the order was born overdue ({respond_by})"
