@@ -58,6 +58,9 @@ def main() -> int:
         print(f"| {r['case']} | {r['published']} | {r['acknowledged']} | {r['lost']} | "
               f"{r['duplicated']} | {r['outbox_unsent']} | {_s(r['fault_s'])} | "
               f"{_s(r['recovery_s'])} |")
+    for r in rows:
+        if r["note"]:
+            print(f"- {r['case']}: {r['note']}")
     lost = sum(r["lost"] for r in rows)
     dup = sum(r["duplicated"] for r in rows)
     acked = sum(r["acknowledged"] for r in rows)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -81,7 +81,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip on a developer's machine, fail under CI (a missing tool there is a bug)."""
     if in_ci():
         pytest.fail(f"{reason} (CI=true: a missing service is a failure)", pytrace=False)
