@@ -62,6 +62,13 @@ EVENTS: Mapping[str, str] = {
 URGENCY: Mapping[Level, str] = {Level.RED: "Immediate", Level.ORANGE: "Immediate",
                                 Level.YELLOW: "Expected", Level.BLUE: "Future"}
 
+# Characters a CAP document cannot carry: those XML 1.0 forbids (C0 controls but tab, LF and CR;
+# U+FFFE, U+FFFF; surrogates, which no UTF-8 document can hold), and DEL and the C1 controls,
+# which it discourages (section 2.2) and which sirens and phones down the line should not meet.
+# lxml refuses the forbidden ones outright, so one stray character would make the whole
+# document fail: the text is filtered instead, whatever its source (devices, config, a title).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]+")
+
 # identifier and sender: no spaces, commas or restricted characters (CAP 1.2 section 3.2.1).
 _TOKEN = re.compile(r"^[^\s,<&]+$")
 _CAP_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[-+]\d\d:\d\d$")
@@ -235,15 +242,25 @@ def _description(alert: Mapping[str, Any], kind: MsgType, level: Level, event: s
     return f"{text} Latest evidence: {latest}." if latest else text
 
 
+# Evidence keys a CAP document (public: it may be relayed to residents) never quotes: free text
+# that people or devices wrote (a report's words, a fault's detail, a note) and positions.
+_NOT_PUBLIC = frozenset({"text", "detail", "note", "reason", "loc", "track"})
+
+
 def _latest_evidence(evidence: Any) -> str:
+    """The latest evidence, for the public: a fixed sensor's id, its readings and labels (a
+    building id). A grid worker's report says only that one came (no worker id, position or
+    words), and no free text of any evidence is copied."""
     if not isinstance(evidence, list) or not evidence or not isinstance(evidence[-1], Mapping):
         return ""
     item = evidence[-1]
-    skip = {"ts", "seq", "device_id", "event_id"}
+    if item.get("source") == "grid" or "grid_report" in item:
+        return "a report from a grid worker on patrol"
+    skip = {"ts", "seq", "device_id", "event_id", "since", "last_seen"} | _NOT_PUBLIC
     values = ", ".join(f"{k} {v}" for k, v in item.items()
-                       if k not in skip and isinstance(v, (int, float, str)))
+                       if k not in skip and isinstance(v, int | float | str))
     who = item.get("device_id")
-    return f"{who}: {values}" if who and values else values
+    return f"{who}: {values}" if who and values else values or str(who or "")
 
 
 def _cancel_reason(alert: Mapping[str, Any]) -> str:
@@ -265,10 +282,16 @@ def _area(info: Any, zone: Zone | None, zone_id: str, place: str) -> None:
         _value_pair(area, "geocode", f"{CODE_DOMAIN}:zone_id", zone_id)
 
 
+def xml_text(text: str) -> str:
+    """``text`` with every character a CAP document cannot carry removed (see ``_NOT_XML``)."""
+    return _NOT_XML.sub("", text)
+
+
 def _sub(parent: Any, tag: str, text: str | None = None) -> Any:
+    """Every text of the document is written here, and so passes ``xml_text``."""
     el = etree.SubElement(parent, f"{{{CAP_NS}}}{tag}")
     if text is not None:
-        el.text = text
+        el.text = xml_text(text)
     return el
 
 
@@ -322,9 +345,16 @@ def cap_polygons(geom: BaseGeometry) -> list[str]:
                 pairs.append(pair)
         if pairs and pairs[0] != pairs[-1]:
             pairs.append(pairs[0])
-        if len(set(pairs)) >= 3 and len(pairs) >= 4:  # else too small for 6 decimals: a circle
+        if len(set(pairs)) >= 3 and len(pairs) >= 4 and _simple_ccw(pairs):
             out.append(" ".join(pairs))
+        # else too small for 6 decimals (rounding left a line or a knot): a circle instead
     return out
+
+
+def _simple_ccw(pairs: list[str]) -> bool:
+    """The rounded ring still encloses an area, without crossing itself, counter-clockwise."""
+    ring = Polygon([(float(lon), float(lat)) for lat, lon in (p.split(",") for p in pairs)])
+    return bool(ring.is_valid and ring.area > 0 and ring.exterior.is_ccw)
 
 
 def cap_circle(geom: BaseGeometry) -> str:
@@ -346,8 +376,13 @@ def _km(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
 # --- validation -------------------------------------------------------------------------------
 
 
-def load_schema(path: Path) -> Any:
-    """The official CAP 1.2 XSD as an ``lxml.etree.XMLSchema`` (it is not shipped with us)."""
+# The official OASIS schema, shipped unchanged as package data (OASIS allows copies that keep its
+# notice: schemas/NOTICE), so validating needs nothing beside the installed package.
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "CAP-v1.2.xsd"
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> Any:
+    """The CAP 1.2 XSD (by default the packaged official one) as an ``lxml.etree.XMLSchema``."""
     return etree.XMLSchema(etree.parse(str(path), _parser()))
 
 

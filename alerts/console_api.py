@@ -19,8 +19,11 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
 from psycopg_pool import ConnectionPool
 
+from alerts.pooled import pooled
+from alerts.responses import NOT_FOUND
 from geo.zones import Zone
 
 BUCKET: Final = timedelta(minutes=5)
@@ -98,7 +101,8 @@ def _iso(ts: datetime) -> str:
 
 def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequence[Zone],
                    thresholds: Mapping[str, Any], *, clock: Callable[[], datetime] | None = None,
-                   day_tz: str = "Asia/Shanghai", operators: int = 10) -> APIRouter:
+                   day_tz: str = "Asia/Shanghai", operators: int = 10,
+                   pool_wait_s: float = 5.0) -> APIRouter:
     """The console's extra endpoints. ``thresholds`` is the rules configuration as plain data
     (see ``thresholds_for``); ``day_tz`` says where "today" starts for the funnel."""
     router = APIRouter()
@@ -109,11 +113,8 @@ def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequenc
 
     @contextmanager
     def conn() -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with pool.connection(timeout=5) as c:
-                yield c
-        except psycopg.OperationalError as exc:
-            raise HTTPException(503, f"database unavailable: {exc}") from None
+        with pooled(pool, pool_wait_s) as c:
+            yield c
 
     def use_aggregate(c: psycopg.Connection[Any]) -> bool:
         if not aggregate:
@@ -122,7 +123,7 @@ def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequenc
             aggregate.append(has)
         return aggregate[0]
 
-    @router.get("/api/zones/{zone_id}/series")
+    @router.get("/api/zones/{zone_id}/series", responses=NOT_FOUND)
     def series(zone_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")],
                hours: Annotated[float, Query(gt=0, le=48)] = 6) -> dict[str, Any]:
         """The zone's readings over the last ``hours`` in 5-minute buckets, with thresholds."""
@@ -150,12 +151,14 @@ def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequenc
                 "devices": devices, "metrics": metrics}
 
     @router.get("/api/funnel")
-    def funnel(day: date | None = None,
+    def funnel(day: Annotated[str | None, Query(
+                   pattern=DAY_PATTERN, json_schema_extra={"format": "date"},
+                   description="the local day, YYYY-MM-DD, 1970 to 2999; default today")] = None,
                operators_on_shift: Annotated[int, Query(alias="operators", ge=1, le=1000)]
                = operators) -> dict[str, Any]:
         """The day's load (local day in ``day_tz``): messages, alerts, incidents (distinct zone
         and hazard), work orders, and work orders per operator on shift."""
-        d = day or now().astimezone(tz).date()
+        d = now().astimezone(tz).date() if day is None else _day(day)
         start = datetime.combine(d, time(0), tzinfo=tz)
         end = datetime.combine(d + timedelta(days=1), time(0), tzinfo=tz)
         with conn() as c:
@@ -171,6 +174,20 @@ def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequenc
         }
 
     return router
+
+
+# Years the service can have data for: the schema says so, so that no day outside them (year 1,
+# whose midnight in Shanghai is before the first UTC instant Python knows) is a valid request.
+DAY_PATTERN: Final = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise RequestValidationError([{
+            "type": "date_from_datetime_parsing", "loc": ("query", "day"),
+            "msg": f"{text!r} is not a day of the calendar", "input": text}]) from None
 
 
 def _round(v: float | None) -> float | None:

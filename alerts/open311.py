@@ -6,8 +6,12 @@ citywatch opens its orders from sensors, so there is no ``POST requests``.
 Status: GeoReport has two, ``open`` ("it has been reported") and ``closed`` ("it has been
 resolved"), and clients take ``closed`` as final. A citywatch order is final only when it is
 ``closed``: a ``resolved`` order still waits for verification (it cannot close while its sensors
-are wet, and it reopens if the hazard returns), so it is ``open`` here. ``status_notes`` carries
-the internal state and the reason of the latest change, so nothing is hidden.
+are wet, and it reopens if the hazard returns), so it is ``open`` here.
+
+These routes are public: a request shows what a resident may see and nothing more. Its
+``status_notes`` say where the order stands in plain words (``PUBLIC_NOTES``), never the reason
+of the latest change, which may name a team, a grid worker, where a worker stands or an
+operator's note; no team, worker or device id appears anywhere in it.
 """
 
 from __future__ import annotations
@@ -73,6 +77,16 @@ def services() -> list[dict[str, Any]]:
     return [{"service_code": s.code, "service_name": s.name, "description": s.description,
              "metadata": False, "type": "realtime", "keywords": ",".join(s.keywords),
              "group": s.group} for s in SERVICES.values()]
+
+
+# What a resident is told for each work-order state.
+PUBLIC_NOTES: Mapping[str, str] = {
+    "open": "reported; a team is being sent",
+    "assigned": "a team has been sent",
+    "accepted": "a team is working on it",
+    "resolved": "fixed; waiting for the sensors or an inspector to confirm",
+    "closed": "closed",
+}
 
 
 def status(state: str) -> str:
@@ -175,13 +189,12 @@ def to_request(order: Mapping[str, Any], zone: Zone | None,
                departments: Mapping[str, str]) -> dict[str, Any]:
     """One service request from a work order.
 
-    ``order`` has the work order's columns, plus ``last_reason`` and ``last_change`` (the
-    newest history entry's reason and time) when known.
+    ``order`` has the work order's columns, plus ``last_change`` (the newest history entry's
+    time) when known. Nothing internal is copied: not the team, not the history's reasons.
     """
     hazard = str(order["hazard"])
     service = SERVICES.get(hazard)
     state = str(order["state"])
-    reason = order.get("last_reason")
     lat = lon = None
     if zone is not None and not zone.geometry.is_empty:
         p = zone.geometry.representative_point()
@@ -190,7 +203,7 @@ def to_request(order: Mapping[str, Any], zone: Zone | None,
     return {
         "service_request_id": str(order["id"]),
         "status": status(state),
-        "status_notes": f"{state}: {reason}" if reason else state,
+        "status_notes": PUBLIC_NOTES.get(state, state),
         "service_name": service.name if service else hazard,
         "service_code": hazard,
         "description": order.get("title"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from rules.levels import Level
 
@@ -29,19 +30,46 @@ class Policy:
     reopen_window: timedelta = timedelta(hours=2)
     dispatch_retry: timedelta = timedelta(minutes=2)
     dispatch_attempts: int = 3
+    # What one incident may grow, however long and busy (see ``cap_evidence`` and
+    # ``AlertStore._repeat``).
+    evidence_keep_first: int = 20
+    evidence_keep_last: int = 80
+    history_repeats_max: int = 50
+
+    def __post_init__(self) -> None:
+        if min(self.evidence_keep_first, self.evidence_keep_last, self.history_repeats_max) < 1:
+            raise ValueError("evidence_keep_first, evidence_keep_last and history_repeats_max "
+                             "must be 1 or more")
 
     @classmethod
     def from_minutes(cls, respond: Mapping[str, float], resolve: Mapping[str, float],
                      reopen_window_min: float, dispatch_retry_s: float,
-                     dispatch_attempts: int) -> Policy:
+                     dispatch_attempts: int, *, evidence_keep_first: int = 20,
+                     evidence_keep_last: int = 80, history_repeats_max: int = 50) -> Policy:
         def by_level(m: Mapping[str, float]) -> dict[Level, timedelta]:
             return {Level[name.upper()]: timedelta(minutes=v) for name, v in m.items()}
 
         return cls(by_level(respond), by_level(resolve), timedelta(minutes=reopen_window_min),
-                   timedelta(seconds=dispatch_retry_s), dispatch_attempts)
+                   timedelta(seconds=dispatch_retry_s), dispatch_attempts, evidence_keep_first,
+                   evidence_keep_last, history_repeats_max)
 
     def deadlines(self, level: Level, start: datetime) -> tuple[datetime, datetime]:
         return start + self.respond_within[level], start + self.resolve_within[level]
+
+
+T = TypeVar("T")
+
+
+def cap_evidence(items: Sequence[T], keep_first: int, keep_last: int) -> tuple[list[T], int]:
+    """The evidence an alert keeps, and how many entries were dropped: the first ``keep_first``
+    (what raised it) and the newest ``keep_last`` (what it looks like now), so that a hot zone
+    reporting for days cannot grow one alert without bound. ``alerts.store`` applies the same
+    cut in SQL on every append."""
+    if keep_first < 1 or keep_last < 1:
+        raise ValueError("keep_first and keep_last must be 1 or more")
+    if len(items) <= keep_first + keep_last:
+        return list(items), 0
+    return [*items[:keep_first], *items[-keep_last:]], len(items) - keep_first - keep_last
 
 
 def should_dispatch(old: Level | None, new: Level) -> bool:

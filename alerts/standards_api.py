@@ -6,13 +6,15 @@ one line. The mapping lives in ``alerts.cap`` and ``alerts.open311``; this modul
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -20,17 +22,21 @@ from psycopg_pool import ConnectionPool
 from starlette.routing import NoMatchFound
 
 from alerts import cap, open311, store
+from alerts.pooled import UNAVAILABLE, pooled
+from alerts.responses import GEOREPORT, NOT_FOUND, READ, GeoReportError
 from geo.zones import Zone
+
+log = logging.getLogger(__name__)
 
 Pool = ConnectionPool[psycopg.Connection[Any]]
 
-# The newest history entry gives GeoReport's status_notes and updated_datetime: every change to
-# an order (state or severity) writes one.
+# The newest history entry gives GeoReport's updated_datetime: every change to an order (state
+# or severity) writes one. Its reason stays inside: it may name teams and workers.
 _REQUESTS_SQL = """
 SELECT w.id, w.hazard, w.severity, w.zone_id, w.department, w.state, w.created, w.resolve_by,
-       w.title, h.reason AS last_reason, h.ts AS last_change
+       w.title, h.ts AS last_change
 FROM work_orders w
-LEFT JOIN LATERAL (SELECT reason, ts FROM work_order_history
+LEFT JOIN LATERAL (SELECT ts FROM work_order_history
                    WHERE work_order_id = w.id ORDER BY id DESC LIMIT 1) h ON true
 """
 
@@ -67,10 +73,14 @@ def find_work_orders(conn: psycopg.Connection[Any],
 
 def standards_router(pool: Pool, zones: Sequence[Zone], clock: Callable[[], datetime], *,
                      departments: Mapping[str, str] | None = None,
-                     cap_sender: str = cap.DEFAULT_SENDER) -> APIRouter:
+                     cap_sender: str = cap.DEFAULT_SENDER,
+                     cap_dependencies: Sequence[Any] = (),
+                     pool_wait_s: float = 5.0) -> APIRouter:
     """``GET /api/alerts/{id}/cap`` and ``GET /open311/v2/...``.
 
     ``departments`` maps department ids to names (GeoReport's ``agency_responsible``).
+    ``cap_dependencies`` guard the CAP route (a login, as every ``/api`` route); the Open311
+    routes are public and show only what a resident may see (``alerts.open311``).
     """
     cap.check_token("cap_sender", cap_sender)  # a bad sender fails at start, not per request
     by_id = {z.id: z for z in zones}
@@ -79,18 +89,24 @@ def standards_router(pool: Pool, zones: Sequence[Zone], clock: Callable[[], date
 
     @contextmanager
     def conn(georeport: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        if not georeport:
+            with pooled(pool, pool_wait_s) as c:
+                yield c
+            return
         try:
-            with pool.connection(timeout=5) as c:
+            with pool.connection(timeout=pool_wait_s) as c:
                 yield c
         except psycopg.OperationalError as exc:
-            if georeport:
-                raise open311.Open311Error(503, f"database unavailable: {exc}") from None
-            raise HTTPException(503, f"database unavailable: {exc}") from None
+            log.warning("%s: %s", UNAVAILABLE, exc)
+            raise open311.Open311Error(503, UNAVAILABLE) from None
 
     @router.get("/api/alerts/{alert_id}/cap", tags=["standards"],
-                response_class=Response,
-                responses={200: {"content": {cap.CAP_MEDIA_TYPE: {}}}})
-    def alert_cap(alert_id: str, request: Request) -> Response:
+                response_class=Response, dependencies=list(cap_dependencies),
+                responses={200: {"content": {cap.CAP_MEDIA_TYPE: {
+                    "schema": {"type": "string"}}}, "description": "a CAP 1.2 document"},
+                    **READ, **NOT_FOUND})
+    def alert_cap(alert_id: Annotated[str, PathParam(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")],
+                  request: Request) -> Response:
         """The alert as an OASIS CAP 1.2 document: Alert, then Update, then Cancel."""
         with conn() as c:
             alert = store.get_alert(c, alert_id)  # NotFound: the app's handler answers 404
@@ -107,7 +123,7 @@ def standards_router(pool: Pool, zones: Sequence[Zone], clock: Callable[[], date
         """GeoReport v2 service list: one service per hazard."""
         return open311.services()
 
-    @router.get("/open311/v2/requests.json", tags=["standards"])
+    @router.get("/open311/v2/requests.json", tags=["standards"], responses=GEOREPORT)
     def requests(request: Request) -> Any:
         """GeoReport v2 service requests: ``service_request_id``, ``service_code``,
         ``status`` (open, closed), ``start_date``, ``end_date``; comma-separated lists."""
@@ -122,8 +138,11 @@ def standards_router(pool: Pool, zones: Sequence[Zone], clock: Callable[[], date
             return JSONResponse(exc.body(), status_code=exc.code)
         return [open311.to_request(r, by_id.get(r["zone_id"]), names) for r in rows]
 
-    @router.get("/open311/v2/requests/{service_request_id}.json", tags=["standards"])
-    def one_request(service_request_id: str) -> Any:
+    @router.get("/open311/v2/requests/{service_request_id}.json", tags=["standards"],
+                responses={**GEOREPORT, 404: {"model": list[GeoReportError],
+                                              "description": "no such service request"}})
+    def one_request(service_request_id: Annotated[str, PathParam(
+            max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]) -> Any:
         """One GeoReport v2 service request, as a one-element array (as the spec has it)."""
         try:
             q = open311.parse_query({"service_request_id": service_request_id}, clock())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,14 @@ import psycopg
 from psycopg.rows import dict_row
 
 from alerts.lifecycle import (
+    ALERT_START,
+    OPERATOR_ALERT_ACTIONS,
+    OPERATOR_WORK_ORDER_ACTIONS,
+    WORK_ORDER_START,
+    WORK_ORDER_TRANSITIONS,
     AlertsError,
     NotFound,
+    can_move,
     next_alert_state,
     next_work_order_state,
 )
@@ -29,6 +36,7 @@ from alerts.policy import (
     SENSOR_BACKED,
     Office,
     Policy,
+    cap_evidence,
     escalation_target,
     should_dispatch,
 )
@@ -116,6 +124,39 @@ CREATE TABLE IF NOT EXISTS dispatches (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS dispatches_unanswered ON dispatches (work_order_id, team_id)
     WHERE acked IS NULL;
+-- Evidence is capped per alert (Policy.evidence_keep_*): what was dropped from the middle is
+-- counted here. History names the table action of each state change (NULL for a note); a
+-- repetitive system note beyond the cap is counted in work_orders.repeats and folded into one
+-- summary line, the row with ``folded`` set.
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS evidence_dropped int NOT NULL DEFAULT 0;
+ALTER TABLE work_order_history ADD COLUMN IF NOT EXISTS action text;
+ALTER TABLE work_order_history ADD COLUMN IF NOT EXISTS folded int;
+ALTER TABLE work_orders ADD COLUMN IF NOT EXISTS repeats int NOT NULL DEFAULT 0;
+-- For the retention job (alerts.retention): sent rows by age.
+CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent) WHERE sent IS NOT NULL;
+-- Operators' actions on alerts, as work_order_history holds those on orders. No foreign key: the
+-- record of who did what outlives the alert.
+CREATE TABLE IF NOT EXISTS alert_history (
+    id bigserial PRIMARY KEY,
+    alert_id text NOT NULL,
+    ts timestamptz NOT NULL,
+    from_state text,
+    to_state text NOT NULL,
+    actor text NOT NULL,
+    reason text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_history_alert ON alert_history (alert_id, id);
+-- Audit rows are not rewritten, by us or by anything with our database role: alert_history is
+-- append-only; work_order_history refuses updates (its system notes may be pruned).
+CREATE OR REPLACE FUNCTION citywatch_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is an audit record: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE OR REPLACE TRIGGER alert_history_append_only BEFORE UPDATE OR DELETE ON alert_history
+    FOR EACH ROW EXECUTE FUNCTION citywatch_refuse_change();
+CREATE OR REPLACE TRIGGER work_order_history_no_update BEFORE UPDATE ON work_order_history
+    FOR EACH ROW EXECUTE FUNCTION citywatch_refuse_change();
 """
 
 
@@ -186,6 +227,75 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, default=str, separators=(",", ":"), allow_nan=False)
 
 
+# --- the one way a state changes ------------------------------------------------------------
+# ``move_alert`` and ``move_work_order`` are the only writers of ``state`` once a row exists
+# (tests/unit/test_state_writes.py scans this package for any other): the transition table
+# decides, and the order's history records the action.
+
+_ASSIGNS_STATE = re.compile(r"(^|,|\bSET)\s*state\s*=", re.IGNORECASE)
+
+
+def _check_extra(extra: str) -> None:
+    if _ASSIGNS_STATE.search(extra):
+        raise AlertsError(f"a move's extra assignments may not set the state: {extra!r}")
+
+
+def move_alert(cur: psycopg.Cursor[Any], alert_id: str, state: str, action: str, ts: datetime,
+               extra: str = "", params: Mapping[str, Any] | None = None) -> str:
+    """Move an alert by ``action`` from ``state`` (read by the caller under FOR UPDATE), writing
+    ``updated`` and ``extra`` (``", column = %(name)s ..."`` with ``params``) with it."""
+    new_state = next_alert_state(alert_id, state, action)
+    _check_extra(extra)
+    cur.execute("UPDATE alerts SET state = %(to)s, updated = %(ts)s" + extra
+                + " WHERE id = %(id)s AND state = %(from)s",
+                {**(params or {}), "to": new_state, "ts": ts, "id": alert_id, "from": state})
+    if cur.rowcount != 1:
+        raise AlertsError(f"alert {alert_id} is not {state!r} any more: {action} not applied")
+    return new_state
+
+
+def move_work_order(cur: psycopg.Cursor[Any], order_id: str, state: str, action: str,
+                    ts: datetime, actor: str, reason: str, extra: str = "",
+                    params: Mapping[str, Any] | None = None) -> str:
+    """Move a work order by ``action`` from ``state`` (read by the caller under FOR UPDATE),
+    writing ``updated`` and ``extra`` as ``move_alert`` does, and the history line."""
+    new_state = next_work_order_state(order_id, state, action)
+    _check_extra(extra)
+    cur.execute("UPDATE work_orders SET state = %(to)s, updated = %(ts)s" + extra
+                + " WHERE id = %(id)s AND state = %(from)s",
+                {**(params or {}), "to": new_state, "ts": ts, "id": order_id, "from": state})
+    if cur.rowcount != 1:
+        raise AlertsError(f"work order {order_id} is not {state!r} any more: {action} not "
+                          "applied")
+    _history(cur, order_id, ts, state, new_state, actor, reason, action)
+    return new_state
+
+
+def _note(cur: psycopg.Cursor[Any], order_id: str, ts: datetime, state: str, actor: str,
+          reason: str) -> None:
+    """A history line that changes no state."""
+    _history(cur, order_id, ts, state, state, actor, reason, None)
+
+
+def _history(cur: psycopg.Cursor[Any], order_id: str, ts: datetime, from_state: str | None,
+             to_state: str, actor: str, reason: str, action: str | None,
+             folded: int | None = None) -> None:
+    cur.execute("INSERT INTO work_order_history (work_order_id, ts, from_state, to_state, "
+                "actor, reason, action, folded) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                (order_id, ts, from_state, to_state, actor, reason, action, folded))
+
+
+# Appends ``%(ev)s`` (a JSON array) to an alert's evidence, keeping the first and the newest
+# entries (``cap_evidence`` in SQL, so the row is never read back) and counting the rest.
+_APPEND_EVIDENCE = (
+    ", evidence = CASE WHEN jsonb_array_length(evidence || %(ev)s::jsonb) <= %(ev_cap)s "
+    "THEN evidence || %(ev)s::jsonb "
+    "ELSE jsonb_path_query_array(evidence || %(ev)s::jsonb, %(ev_head)s::jsonpath) "
+    "|| jsonb_path_query_array(evidence || %(ev)s::jsonb, %(ev_tail)s::jsonpath) END, "
+    "evidence_dropped = evidence_dropped "
+    "+ GREATEST(jsonb_array_length(evidence || %(ev)s::jsonb) - %(ev_cap)s, 0)")
+
+
 class AlertStore:
     """Applies rule changes, team answers and deadlines inside the caller's transaction.
 
@@ -221,81 +331,82 @@ class AlertStore:
         if row is None:
             return None
         alert_id, order_id = row
-        cur.execute("UPDATE alerts SET duplicates = duplicates + 1, updated = %s, "
-                    "evidence = evidence || %s::jsonb WHERE id = %s",
-                    (ts, _json([{"grid_report": dict(report)}]), alert_id))
+        self._update_alert(cur, alert_id, ts, [{"grid_report": dict(report)}],
+                           ", duplicates = duplicates + 1")
         if order_id is not None:
             cur.execute("UPDATE work_orders SET duplicates = duplicates + 1, updated = %s "
                         "WHERE id = %s RETURNING state", (ts, order_id))
             got = cur.fetchone()
-            state = got[0] if got else "open"
-            self._history(cur, order_id, ts, state, state,
-                          f"grid {report.get('device_id', '?')}",
-                          f"report merged as a duplicate: {str(report.get('text', ''))[:200]}")
+            if got is not None:
+                self._repeat(cur, order_id, ts, got[0], f"grid {report.get('device_id', '?')}",
+                             "report merged as a duplicate: "
+                             f"{str(report.get('text', ''))[:200]}")
         return str(order_id) if order_id else alert_id
 
     # --- rule changes -------------------------------------------------------------------
-    def apply_changes(self, cur: psycopg.Cursor[Any], changes: Iterable[AlertChange]) -> Applied:
+    def apply_changes(self, cur: psycopg.Cursor[Any], changes: Iterable[AlertChange],
+                      now: datetime | None = None) -> Applied:
+        """``now`` is the server's time: a team can answer only from when it is told, so the
+        deadlines of orders opened or raised for a backlog (readings judged in their own, earlier
+        time) count from ``now``, not from the readings' time."""
         out = Applied()
         touched_zones: dict[str, datetime] = {}
         for ch in changes:
             key = f"{ch.zone_id}|{ch.hazard}"
-            cur.execute("SELECT id, severity, work_order_id FROM alerts WHERE open_key = %s "
-                        "FOR UPDATE", (key,))
+            cur.execute("SELECT id, severity, work_order_id, state FROM alerts "
+                        "WHERE open_key = %s FOR UPDATE", (key,))
             row = cur.fetchone()
             evidence = [dict(e) for e in ch.evidence]
             if ch.level is None:
                 if row is not None:
-                    cur.execute(
-                        "UPDATE alerts SET state = 'resolved', cleared = %s, updated = %s, "
-                        "open_key = NULL, evidence = evidence || %s::jsonb WHERE id = %s",
-                        (ch.ts, ch.ts, _json(evidence), row[0]))
+                    move_alert(cur, row[0], row[3], "clear", ch.ts,
+                               ", cleared = %(ts)s, open_key = NULL" + _APPEND_EVIDENCE,
+                               self._evidence(evidence))
                     out.alerts_cleared += 1
                     out.by_hazard[ch.hazard, "cleared"] += 1
                     touched_zones[ch.zone_id] = ch.ts
                 continue
+            start = ch.ts if now is None else max(ch.ts, now)  # deadlines count from here
             if row is None:
-                if not self._reactivate(cur, ch, key, evidence, out):
-                    self._open(cur, ch, key, evidence, out)
+                if not self._reactivate(cur, ch, key, evidence, out, start):
+                    self._open(cur, ch, key, evidence, out, start)
             else:
-                alert_id, old_sev, order_id = row
+                alert_id, old_sev, order_id, _state = row
                 if old_sev == int(ch.level):
                     if evidence:  # corroboration (a grid report, a second camera): keep it
-                        cur.execute("UPDATE alerts SET evidence = evidence || %s::jsonb, "
-                                    "updated = %s WHERE id = %s",
-                                    (_json(evidence), ch.ts, alert_id))
+                        self._update_alert(cur, alert_id, ch.ts, evidence)
                     continue
-                cur.execute("UPDATE alerts SET severity = %s, title = %s, updated = %s, "
-                            "evidence = evidence || %s::jsonb WHERE id = %s",
-                            (int(ch.level), ch.title, ch.ts, _json(evidence), alert_id))
+                self._update_alert(cur, alert_id, ch.ts, evidence,
+                                   ", severity = %(severity)s, title = %(title)s",
+                                   {"severity": int(ch.level), "title": ch.title})
                 out.alerts_updated += 1
                 out.by_hazard[ch.hazard, "updated"] += 1
                 if order_id is not None:
-                    self._order_level_changed(cur, order_id, ch, out)
+                    self._order_level_changed(cur, order_id, ch, out, start)
             touched_zones[ch.zone_id] = ch.ts
         for zone_id, ts in touched_zones.items():
             queue_zone_state(cur, zone_id, ts)
         return out
 
     def _reactivate(self, cur: psycopg.Cursor[Any], ch: AlertChange, key: str,
-                    evidence: list[dict[str, Any]], out: Applied) -> bool:
+                    evidence: list[dict[str, Any]], out: Applied, start: datetime) -> bool:
         """The same hazard back soon after it ended: the same incident, not a new one."""
         assert ch.level is not None
         cutoff = ch.ts - self.policy.reopen_window
         cur.execute(
-            "SELECT id, work_order_id FROM alerts WHERE zone_id = %s AND hazard = %s "
+            "SELECT id, work_order_id, state FROM alerts WHERE zone_id = %s AND hazard = %s "
             "AND open_key IS NULL AND state = 'resolved' AND COALESCE(cleared, updated) >= %s "
             "ORDER BY COALESCE(cleared, updated) DESC LIMIT 1 FOR UPDATE",
             (ch.zone_id, ch.hazard, cutoff))
         row = cur.fetchone()
         if row is None:
             return False
-        alert_id, order_id = row
-        cur.execute(
-            "UPDATE alerts SET state = 'active', open_key = %s, cleared = NULL, severity = %s, "
-            "title = %s, updated = %s, duplicates = duplicates + 1, "
-            "evidence = evidence || %s::jsonb WHERE id = %s",
-            (key, int(ch.level), ch.title, ch.ts, _json(evidence), alert_id))
+        alert_id, order_id, alert_state = row
+        move_alert(cur, alert_id, alert_state, "reactivate", ch.ts,
+                   ", open_key = %(key)s, cleared = NULL, severity = %(severity)s, "
+                   "title = %(title)s, duplicates = duplicates + 1" + _APPEND_EVIDENCE,
+                   {"key": key, "severity": int(ch.level), "title": ch.title,
+                    **self._evidence(evidence)})
         out.alerts_reactivated += 1
         out.by_hazard[ch.hazard, "reactivated"] += 1
         if order_id is None:
@@ -308,28 +419,29 @@ class AlertStore:
         state, severity, team_id = order
         cur.execute("UPDATE work_orders SET duplicates = duplicates + 1, updated = %s "
                     "WHERE id = %s", (ch.ts, order_id))
-        if state in ("resolved", "closed"):
-            respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
-            cur.execute("UPDATE work_orders SET state = 'open', severity = %s, respond_by = %s, "
-                        "resolve_by = %s, reopened = reopened + 1 WHERE id = %s",
-                        (int(ch.level), respond_by, resolve_by, order_id))
-            self._history(cur, order_id, ch.ts, state, "open", "system",
-                          f"reopened: {ch.hazard} came back at {ch.zone_id} within "
-                          f"{_minutes(self.policy.reopen_window)} of clearing ({ch.title})")
+        if can_move(WORK_ORDER_TRANSITIONS, state, "reopen"):
+            respond_by, resolve_by = self.policy.deadlines(ch.level, start)
+            move_work_order(cur, order_id, state, "reopen", ch.ts, "system",
+                            f"reopened: {ch.hazard} came back at {ch.zone_id} within "
+                            f"{_minutes(self.policy.reopen_window)} of clearing ({ch.title})",
+                            ", severity = %(severity)s, respond_by = %(respond_by)s, "
+                            "resolve_by = %(resolve_by)s, reopened = reopened + 1",
+                            {"severity": int(ch.level), "respond_by": respond_by,
+                             "resolve_by": resolve_by})
             out.orders_reopened += 1
             if team_id is not None:
                 self._dispatch(cur, order_id, team_id, ch, respond_by, "reopened")
                 out.dispatches += 1
         elif should_dispatch(Level(severity), ch.level):
-            self._order_level_changed(cur, order_id, ch, out)
+            self._order_level_changed(cur, order_id, ch, out, start)
         else:
-            self._history(cur, order_id, ch.ts, state, state, "system",
-                          f"{ch.hazard} back at {ch.zone_id}; counted as a duplicate")
+            self._repeat(cur, order_id, ch.ts, state, "system",
+                         f"{ch.hazard} back at {ch.zone_id}; counted as a duplicate")
             out.dispatches_suppressed += 1
         return True
 
     def _open(self, cur: psycopg.Cursor[Any], ch: AlertChange, key: str,
-              evidence: list[dict[str, Any]], out: Applied) -> None:
+              evidence: list[dict[str, Any]], out: Applied, start: datetime) -> None:
         assert ch.level is not None
         zone = self._zones.get(ch.zone_id)
         route = self._route(ch.hazard, zone.type if zone else "", ch.level)
@@ -338,22 +450,25 @@ class AlertStore:
         ids = cur.fetchone()
         assert ids is not None
         alert_id, order_id = ids
-        respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
+        respond_by, resolve_by = self.policy.deadlines(ch.level, start)
+        kept, dropped = cap_evidence(evidence, self.policy.evidence_keep_first,
+                                     self.policy.evidence_keep_last)
         cur.execute(
             "INSERT INTO alerts (id, hazard, severity, state, zone_id, raised, updated, title, "
-            "evidence, work_order_id, open_key) VALUES (%s,%s,%s,'active',%s,%s,%s,%s,%s,%s,%s)",
-            (alert_id, ch.hazard, int(ch.level), ch.zone_id, ch.ts, ch.ts, ch.title,
-             _json(evidence), order_id, key))
+            "evidence, evidence_dropped, work_order_id, open_key) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (alert_id, ch.hazard, int(ch.level), ALERT_START, ch.zone_id, ch.ts, ch.ts, ch.title,
+             _json(kept), dropped, order_id, key))
         cur.execute(
             "INSERT INTO work_orders (id, alert_ids, hazard, severity, zone_id, department, "
             "team_id, state, created, updated, respond_by, resolve_by, title, "
-            "escalation_level) VALUES (%s,%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s)",
+            "escalation_level) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (order_id, [alert_id], ch.hazard, int(ch.level), ch.zone_id, route.department,
-             route.team_id, ch.ts, ch.ts, respond_by, resolve_by, ch.title,
+             route.team_id, WORK_ORDER_START, ch.ts, ch.ts, respond_by, resolve_by, ch.title,
              self._office_level.get(route.department)))
-        self._history(cur, order_id, ch.ts, None, "open", "system",
-                      f"opened for alert {alert_id}; routed to {route.department}"
-                      + (f", team {route.team_id}" if route.team_id else ", no team"))
+        _history(cur, order_id, ch.ts, None, WORK_ORDER_START, "system",
+                 f"opened for alert {alert_id}; routed to {route.department}"
+                 + (f", team {route.team_id}" if route.team_id else ", no team"), None)
         out.alerts_opened += 1
         out.orders_opened += 1
         out.by_hazard[ch.hazard, "opened"] += 1
@@ -375,12 +490,12 @@ class AlertStore:
         if found is None:
             return
         worker, metres = found
-        self._history(cur, order_id, ch.ts, "open", "open", "system",
-                      f"on-the-spot check asked of grid worker {worker}, {metres:.0f} m away")
+        _note(cur, order_id, ch.ts, WORK_ORDER_START, "system",
+              f"on-the-spot check asked of grid worker {worker}, {metres:.0f} m away")
         self._dispatch(cur, order_id, worker, ch, respond_by, "check")
 
     def _order_level_changed(self, cur: psycopg.Cursor[Any], order_id: str, ch: AlertChange,
-                             out: Applied) -> None:
+                             out: Applied, start: datetime) -> None:
         assert ch.level is not None
         cur.execute("SELECT team_id, state, severity FROM work_orders WHERE id = %s FOR UPDATE",
                     (order_id,))
@@ -402,28 +517,28 @@ class AlertStore:
                             "escalation_level = %s WHERE id = %s",
                             (wanted.department, wanted.team_id,
                              self._office_level.get(wanted.department), order_id))
-                self._history(cur, order_id, ch.ts, state, state, "system",
-                              f"re-routed at {ch.level.colour} from {dept_row[0]} to "
-                              f"{wanted.department}, team {wanted.team_id}")
+                _note(cur, order_id, ch.ts, state, "system",
+                      f"re-routed at {ch.level.colour} from {dept_row[0]} to "
+                      f"{wanted.department}, team {wanted.team_id}")
                 team_id = wanted.team_id
             # Deadlines tighten when the level rises; they never relax when it falls.
-            respond_by, resolve_by = self.policy.deadlines(ch.level, ch.ts)
+            respond_by, resolve_by = self.policy.deadlines(ch.level, start)
             cur.execute("UPDATE work_orders SET severity = %s, updated = %s, "
                         "respond_by = LEAST(respond_by, %s), resolve_by = LEAST(resolve_by, %s) "
                         "WHERE id = %s RETURNING respond_by",
                         (int(ch.level), ch.ts, respond_by, resolve_by, order_id))
             got = cur.fetchone()
-            self._history(cur, order_id, ch.ts, state, state, "system",
-                          f"severity {old_level.colour} -> {ch.level.colour}")
+            _note(cur, order_id, ch.ts, state, "system",
+                  f"severity {old_level.colour} -> {ch.level.colour}")
             if team_id is not None and state != "closed" and got is not None:
                 self._dispatch(cur, order_id, team_id, ch, got[0], "worse")
                 out.dispatches += 1
             return
         # A falling level is recorded but not dispatched: the team is already on it.
         cur.execute("UPDATE work_orders SET updated = %s WHERE id = %s", (ch.ts, order_id))
-        self._history(cur, order_id, ch.ts, state, state, "system",
-                      f"{ch.hazard} eased to {ch.level.colour} (order stays "
-                      f"{old_level.colour}; no dispatch)")
+        self._repeat(cur, order_id, ch.ts, state, "system",
+                     f"{ch.hazard} eased to {ch.level.colour} (order stays "
+                     f"{old_level.colour}; no dispatch)")
         out.dispatches_suppressed += 1
 
     def _dispatch(self, cur: psycopg.Cursor[Any], order_id: str, team_id: str,
@@ -473,8 +588,8 @@ class AlertStore:
             if not cur.fetchall():
                 raise AckRefused(f"work order {ack.work_order_id} is with team {team_id!r}, "
                                  f"not {ack.team_id!r}")
-            self._history(cur, ack.work_order_id, now, state, state, f"grid {ack.team_id}",
-                          f"check: {ack.status}" + (f": {ack.note}" if ack.note else ""))
+            _note(cur, ack.work_order_id, now, state, f"grid {ack.team_id}",
+                  f"check: {ack.status}" + (f": {ack.note}" if ack.note else ""))
             cur.execute("UPDATE work_orders SET updated = %s WHERE id = %s",
                         (now, ack.work_order_id))
             out.acks += 1
@@ -486,26 +601,25 @@ class AlertStore:
         note = f": {ack.note}" if ack.note else ""
         actor = f"team {ack.team_id}"
         if ack.status in ("accepted", "on_site"):
-            if state in ("open", "assigned"):
-                self._move(cur, ack.work_order_id, "accept", state, now, actor,
-                           f"{ack.status}{note}")
+            if can_move(WORK_ORDER_TRANSITIONS, state, "accept"):
+                move_work_order(cur, ack.work_order_id, state, "accept", now, actor,
+                                f"{ack.status}{note}")
             else:
-                self._history(cur, ack.work_order_id, now, state, state, actor,
-                              f"{ack.status}{note}")
+                _note(cur, ack.work_order_id, now, state, actor, f"{ack.status}{note}")
         elif ack.status == "resolved":
             still = self._still_active(cur, ack.work_order_id) if hazard in SENSOR_BACKED else []
             if still:
-                self._history(cur, ack.work_order_id, now, state, state, actor,
-                              f"reported resolved{note}, but the sensors still show "
-                              f"{hazard} ({', '.join(still)}): not resolved")
+                _note(cur, ack.work_order_id, now, state, actor,
+                      f"reported resolved{note}, but the sensors still show "
+                      f"{hazard} ({', '.join(still)}): not resolved")
             elif state in ("assigned", "accepted", "open"):
                 if state == "open":
-                    self._move(cur, ack.work_order_id, "accept", state, now, actor, "implied")
-                    state = "accepted"
-                self._move(cur, ack.work_order_id, "resolve", state, now, actor,
-                           f"resolved{note}")
+                    state = move_work_order(cur, ack.work_order_id, state, "accept", now, actor,
+                                            "implied")
+                move_work_order(cur, ack.work_order_id, state, "resolve", now, actor,
+                                f"resolved{note}")
         elif ack.status == "rejected":
-            self._history(cur, ack.work_order_id, now, state, state, actor, f"rejected{note}")
+            _note(cur, ack.work_order_id, now, state, actor, f"rejected{note}")
             self._escalate(cur, ack.work_order_id, now, f"team {ack.team_id} rejected it{note}",
                            out)
         cur.execute("UPDATE work_orders SET updated = %s WHERE id = %s",
@@ -517,14 +631,6 @@ class AlertStore:
                     "ON a.id = ANY(w.alert_ids) WHERE w.id = %s AND a.open_key IS NOT NULL",
                     (order_id,))
         return [r[0] for r in cur.fetchall()]
-
-    def _move(self, cur: psycopg.Cursor[Any], order_id: str, action: str, state: str,
-              now: datetime, actor: str, reason: str) -> str:
-        new_state = next_work_order_state(order_id, state, action)
-        cur.execute("UPDATE work_orders SET state = %s, updated = %s WHERE id = %s",
-                    (new_state, now, order_id))
-        self._history(cur, order_id, now, state, new_state, actor, reason)
-        return new_state
 
     # --- deadlines and unanswered dispatches ------------------------------------------------
     def check(self, conn: psycopg.Connection[Any], now: datetime) -> Applied:
@@ -552,9 +658,9 @@ class AlertStore:
                             "VALUES (%s, %s, 1, false)", (f"city/dispatch/{team_id}", _json(body)))
                 cur.execute("UPDATE dispatches SET attempts = attempts + 1, last_sent = %s "
                             "WHERE id = %s", (now, did))
-                self._history(cur, order_id, now, state, state, "system",
-                              f"dispatch repeated (attempt {attempts + 1}): no answer from "
-                              f"team {team_id}")
+                self._repeat(cur, order_id, now, state, "system",
+                             f"dispatch repeated (attempt {attempts + 1}): no answer from "
+                             f"team {team_id}")
                 out.redispatches += 1
             cur.execute(
                 "SELECT id, CASE WHEN state = 'accepted' THEN 'resolve_by' ELSE 'respond_by' END "
@@ -573,25 +679,29 @@ class AlertStore:
         row = cur.fetchone()
         assert row is not None
         state, department, zone_id, severity, level = row
+        if not can_move(WORK_ORDER_TRANSITIONS, state, "escalate"):
+            # A late rejection of an order already resolved or closed: nothing left to hand on.
+            _note(cur, order_id, now, state, "system", f"{why}; not escalated: it is {state}")
+            return
         current = level or self._office_level.get(department, "district")
         target = escalation_target(current, self._zone_chain(zone_id), self._offices)
         if target is None or target.team_id is None:
             cur.execute("UPDATE work_orders SET flags = CASE WHEN 'overdue_at_top' = ANY(flags) "
                         "THEN flags ELSE array_append(flags, 'overdue_at_top') END, "
                         "updated = %s WHERE id = %s", (now, order_id))
-            self._history(cur, order_id, now, state, state, "system",
-                          f"{why}; already at the top of the hierarchy ({current}): flagged")
+            _note(cur, order_id, now, state, "system",
+                  f"{why}; already at the top of the hierarchy ({current}): flagged")
             return
         respond_by, resolve_by = self.policy.deadlines(Level(severity), now)
-        new_state = "assigned"
-        cur.execute("UPDATE work_orders SET department = %s, team_id = %s, escalation_level = %s, "
-                    "state = %s, respond_by = %s, resolve_by = GREATEST(resolve_by, %s), "
-                    "updated = %s WHERE id = %s",
-                    (target.id, target.team_id, target.level, new_state, respond_by, resolve_by,
-                     now, order_id))
-        self._history(cur, order_id, now, state, new_state, "system",
-                      f"{why}: escalated from {department} ({current}) to {target.id} "
-                      f"({target.level}), team {target.team_id}")
+        move_work_order(cur, order_id, state, "escalate", now, "system",
+                        f"{why}: escalated from {department} ({current}) to {target.id} "
+                        f"({target.level}), team {target.team_id}",
+                        ", department = %(department)s, team_id = %(team_id)s, "
+                        "escalation_level = %(level)s, respond_by = %(respond_by)s, "
+                        "resolve_by = GREATEST(resolve_by, %(resolve_by)s)",
+                        {"department": target.id, "team_id": target.team_id,
+                         "level": target.level, "respond_by": respond_by,
+                         "resolve_by": resolve_by})
         self._dispatch(cur, order_id, target.team_id, None, respond_by, "escalated", now)
         out.escalations += 1
         out.dispatches += 1
@@ -605,12 +715,42 @@ class AlertStore:
             current = zone.parent_id if zone is not None else None
         return chain
 
-    @staticmethod
-    def _history(cur: psycopg.Cursor[Any], order_id: str, ts: datetime, from_state: str | None,
-                 to_state: str, actor: str, reason: str) -> None:
-        cur.execute("INSERT INTO work_order_history (work_order_id, ts, from_state, to_state, "
-                    "actor, reason) VALUES (%s,%s,%s,%s,%s,%s)",
-                    (order_id, ts, from_state, to_state, actor, reason))
+    # --- caps on what one incident can grow -------------------------------------------------
+    def _evidence(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Parameters of ``_APPEND_EVIDENCE`` for ``items`` under this policy's cap."""
+        first, last = self.policy.evidence_keep_first, self.policy.evidence_keep_last
+        return {"ev": _json([dict(e) for e in items]), "ev_cap": first + last,
+                "ev_head": f"$[0 to {first - 1}]", "ev_tail": f"$[last - {last - 1} to last]"}
+
+    def _update_alert(self, cur: psycopg.Cursor[Any], alert_id: str, ts: datetime,
+                      evidence: Sequence[Mapping[str, Any]], extra: str = "",
+                      params: Mapping[str, Any] | None = None) -> None:
+        """Evidence (capped) and ``extra`` for an alert whose state stays as it is."""
+        _check_extra(extra)
+        cur.execute("UPDATE alerts SET updated = %(ts)s" + extra + _APPEND_EVIDENCE
+                    + " WHERE id = %(id)s",
+                    {**(params or {}), **self._evidence(evidence), "ts": ts, "id": alert_id})
+
+    def _repeat(self, cur: psycopg.Cursor[Any], order_id: str, ts: datetime, state: str,
+                actor: str, reason: str) -> None:
+        """A note of the kind a busy incident repeats without end (a report merged, a dispatch
+        repeated, a level eased, the hazard back while the order is open): the first
+        ``history_repeats_max`` are listed; later ones are counted in one summary line, kept
+        last, that says how many and what the latest was. State changes and people's answers
+        are never folded: they are the audit trail."""
+        cur.execute("UPDATE work_orders SET repeats = repeats + 1 WHERE id = %s "
+                    "RETURNING repeats", (order_id,))
+        got = cur.fetchone()
+        cap = self.policy.history_repeats_max
+        if got is None or got[0] <= cap:
+            _note(cur, order_id, ts, state, actor, reason)
+            return
+        folded = got[0] - cap
+        cur.execute("DELETE FROM work_order_history WHERE work_order_id = %s "
+                    "AND folded IS NOT NULL", (order_id,))
+        _history(cur, order_id, ts, state, state, "system",
+                 f"{folded} more repeated system entries not listed (the first {cap} are); "
+                 f"the latest, by {actor}: {reason}", None, folded)
 
 
 def _minutes(td: timedelta) -> str:
@@ -643,12 +783,12 @@ def zone_levels(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 ALERT_COLUMNS = ("id, hazard, severity, state, zone_id, raised, updated, cleared, title, "
-                 "evidence, work_order_id, duplicates")
+                 "evidence, work_order_id, duplicates, evidence_dropped")
 
 
 def _alert_json(row: Mapping[str, Any], with_evidence: bool) -> dict[str, Any]:
     out = {k: row[k] for k in ("id", "hazard", "severity", "state", "zone_id", "title",
-                               "work_order_id", "duplicates")}
+                               "work_order_id", "duplicates", "evidence_dropped")}
     for k in ("raised", "updated", "cleared"):
         out[k] = _iso(row[k]) if row[k] is not None else None
     ev = row["evidence"] or []
@@ -667,27 +807,47 @@ def list_alerts(conn: psycopg.Connection[Any], state: str | None = None,
 
 
 def get_alert(conn: psycopg.Connection[Any], alert_id: str) -> dict[str, Any]:
+    """One alert with all its evidence and the history of what people did to it."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,))
         row = cur.fetchone()
-    if row is None:
-        raise NotFound(f"no alert {alert_id!r}")
-    return _alert_json(row, with_evidence=True)
+        if row is None:
+            raise NotFound(f"no alert {alert_id!r}")
+        cur.execute("SELECT ts, from_state, to_state, actor, reason FROM alert_history "
+                    "WHERE alert_id = %s ORDER BY id", (alert_id,))
+        history = cur.fetchall()
+    out = _alert_json(row, with_evidence=True)
+    out["history"] = [{"ts": _iso(h["ts"]), "from": h["from_state"], "to": h["to_state"],
+                       "actor": h["actor"], "reason": h["reason"]} for h in history]
+    return out
 
 
 def act_on_alert(conn: psycopg.Connection[Any], alert_id: str, action: str,
-                 now: datetime) -> dict[str, Any]:
+                 now: datetime, actor: str = "operator", reason: str = "") -> dict[str, Any]:
+    """An operator's action, recorded in the alert's history with ``actor`` (the logged-in
+    user). Resolving an alert whose sensors still show the hazard is refused with the evidence,
+    as for work orders: a resolve would silence a live hazard."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT state, zone_id FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+        cur.execute("SELECT state, zone_id, hazard, title, severity, evidence, open_key "
+                    "FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
         row = cur.fetchone()
         if row is None:
             raise NotFound(f"no alert {alert_id!r}")
-        new_state = next_alert_state(alert_id, row[0], action)
-        # An operator's resolve closes the alert; if the sensors still see the hazard the rule
-        # will open a new one on its next change, which is the honest outcome.
-        cur.execute("UPDATE alerts SET state = %s, updated = %s, "
-                    "open_key = CASE WHEN %s = 'resolved' THEN NULL ELSE open_key END "
-                    "WHERE id = %s", (new_state, now, new_state, alert_id))
+        _operators_only(action, OPERATOR_ALERT_ACTIONS)
+        next_alert_state(alert_id, row[0], action)  # an illegal move is refused first
+        _state, _zone, hazard, title, severity, evidence, open_key = row
+        if action == "resolve" and hazard in SENSOR_BACKED and open_key is not None:
+            raise NotVerified(
+                f"alert {alert_id} cannot resolve: the sensors still show {hazard} ({title})",
+                [{"alert_id": alert_id, "title": title, "severity": severity,
+                  "latest": (evidence or [])[-3:]}])
+        # An operator's resolve closes an alert no sensor can vouch for (a falling object, a
+        # grid report); if the hazard is seen again the rule opens a new one.
+        new_state = move_alert(cur, alert_id, row[0], action, now,
+                               ", open_key = NULL" if action == "resolve" else "")
+        cur.execute("INSERT INTO alert_history (alert_id, ts, from_state, to_state, actor, "
+                    "reason) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (alert_id, now, row[0], new_state, actor, reason or f"{action} by {actor}"))
         if new_state == "resolved":
             queue_zone_state(cur, row[1], now)
     return get_alert(conn, alert_id)
@@ -707,7 +867,8 @@ def _order_json(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | N
         out[k] = _iso(row[k])
     if history is not None:
         out["history"] = [{"ts": _iso(h["ts"]), "from": h["from_state"], "to": h["to_state"],
-                           "actor": h["actor"], "reason": h["reason"]} for h in history]
+                           "actor": h["actor"], "reason": h["reason"], "action": h["action"]}
+                          for h in history]
     return out
 
 
@@ -752,7 +913,8 @@ def act_on_work_order(conn: psycopg.Connection[Any], order_id: str, action: str,
         if row is None:
             raise NotFound(f"no work order {order_id!r}")
         state, hazard, old_team, respond_by = row
-        new_state = next_work_order_state(order_id, state, action)
+        _operators_only(action, OPERATOR_WORK_ORDER_ACTIONS)
+        next_work_order_state(order_id, state, action)  # an illegal move is refused first
         if action in ("resolve", "close") and hazard in SENSOR_BACKED:
             cur.execute(
                 "SELECT a.id, a.title, a.severity, a.evidence FROM alerts a JOIN work_orders w ON "
@@ -764,20 +926,26 @@ def act_on_work_order(conn: psycopg.Connection[Any], order_id: str, action: str,
                 raise NotVerified(
                     f"work order {order_id} cannot {action}: the sensors still show {hazard} "
                     f"({'; '.join(t for _a, t, _s, _e in active)})", evidence)
-        flags_sql = ""
-        if action == "close" and hazard not in SENSOR_BACKED and not reason.strip():
+        extra = ", team_id = COALESCE(%(team_id)s, team_id)"
+        flagged = action == "close" and hazard not in SENSOR_BACKED and not reason.strip()
+        if flagged:
             # Nothing confirms the problem is gone: no sensor can, and no note or photo does.
-            flags_sql = ", flags = array_append(flags, 'review_close_without_evidence')"
-        cur.execute(f"UPDATE work_orders SET state = %s, updated = %s, "
-                    f"team_id = COALESCE(%s, team_id){flags_sql} WHERE id = %s",
-                    (new_state, now, team_id, order_id))
-        AlertStore._history(cur, order_id, now, state, new_state, actor,
-                            (reason or f"{action} by {actor}")
-                            + (" [flagged for review: closed without evidence]"
-                               if flags_sql else ""))
+            extra += ", flags = array_append(flags, 'review_close_without_evidence')"
+        if action == "reopen":
+            extra += ", reopened = reopened + 1"
+        move_work_order(cur, order_id, state, action, now, actor,
+                        (reason or f"{action} by {actor}")
+                        + (" [flagged for review: closed without evidence]" if flagged else ""),
+                        extra, {"team_id": team_id})
         if action == "assign" and team_id and team_id != old_team and store is not None:
             store._dispatch(cur, order_id, team_id, None, max(respond_by, now), "assigned", now)
     return get_work_order(conn, order_id)
+
+
+def _operators_only(action: str, allowed: Sequence[str]) -> None:
+    if action not in allowed:
+        raise AlertsError(f"{action!r} is not an operator's action; expected one of "
+                          f"{', '.join(allowed)}")
 
 
 def _filters(pairs: Mapping[str, str | None]) -> tuple[str, list[Any]]:

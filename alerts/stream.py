@@ -1,8 +1,12 @@
 """``GET /api/stream``: every alert and work-order change as Server-Sent Events.
 
-The stream polls the database (about twice a second) rather than listening for notifications, so
-that it sees every writer, the engine's batches and operator actions alike, without any of them
-knowing about it. Each event carries the row in the shape of the list endpoints::
+One poller (``StreamHub``) reads the changes from the database about twice a second, whoever
+listens, and fans each event out to every open stream: three hundred open consoles cost the
+database what one does. It polls rather than listening for notifications, so that it sees every
+writer, the engine's batches and operator actions alike, without any of them knowing about it.
+Open streams are capped per user and in all (429 and 503 beyond), and a stream that cannot keep
+up (its queue full) is ended: its browser reconnects and resynchronises. Each event carries the
+row in the shape of the list endpoints::
 
     event: alert
     data: {"id": "AL-000001", "state": "active", ...}
@@ -10,8 +14,8 @@ knowing about it. Each event carries the row in the shape of the list endpoints:
     event: work_order
     data: {"id": "WO-000001", "state": "open", "history": [...], ...}
 
-``event: hello`` follows once the stream has its baseline: a client that fetches the lists after
-it has missed nothing. A comment line every 15 s keeps proxies from closing an idle stream.
+``event: hello`` follows the first poll after the stream opened: a client that fetches the lists
+after it has missed nothing. A comment line every 15 s keeps proxies from closing an idle stream.
 
 Changes are found by ``updated``, which is not a commit order: it is the reading's own time for
 the engine's writes (a device's clock may run up to 5 minutes ahead) and the wall clock for
@@ -20,26 +24,31 @@ operator actions, and several rows can share one value. So each poll re-reads th
 ``now()`` and emits those whose fingerprint differs from what this stream last sent. A change
 stamped older than the window when it commits (a device replaying a buffer hours late) is not
 streamed; clients resynchronise from the list endpoints now and then for that.
+
+FastAPI reads the handlers' annotations at run time, including local names: no
+``from __future__ import annotations``.
 """
 
-from __future__ import annotations
-
+import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Hashable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import anyio
 import psycopg
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import StreamingResponse
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed
+from starlette.background import BackgroundTask
 
 from alerts import store
-from alerts.lifecycle import NotFound
+from alerts.identity import Identity
+from alerts.lifecycle import AlertsError, NotFound
+from alerts.responses import READ, Problem
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +69,8 @@ _CHANGED_SQL: Final = """
 class ChangeFeed:
     """Rows of ``alerts`` and ``work_orders`` changed since the previous ``poll``.
 
-    The first poll only takes the baseline and returns nothing. Not thread-safe: one per stream.
+    The first poll only takes the baseline and returns nothing. Not thread-safe: the hub's poller
+    is its only user.
     """
 
     lookback: timedelta = timedelta(minutes=2)
@@ -100,6 +110,7 @@ def _read(conn: psycopg.Connection[Any], kind: Kind, ident: str) -> dict[str, An
     if kind == "alert":
         row = store.get_alert(conn, ident)
         row["evidence"] = row["evidence"][-LIST_EVIDENCE:]
+        row.pop("history", None)  # the list endpoints' shape
         return row
     return store.get_work_order(conn, ident)
 
@@ -109,56 +120,172 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
 
-def stream_router(pool: ConnectionPool[psycopg.Connection[Any]], *, poll_s: float = 0.5,
-                  heartbeat_s: float = 15.0, lookback: timedelta = timedelta(minutes=2),
-                  retry_ms: int = 1000) -> APIRouter:
-    """The router serving ``GET /api/stream`` from ``pool``.
+_END: Final = ""  # put in a stream's queue: the stream ends (the server stops, or it lagged)
+
+
+class StreamLimit(AlertsError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(eq=False)
+class Subscriber:
+    user: str
+    queue: asyncio.Queue[str]
+    greeted: bool = False
+
+
+class StreamHub:
+    """One poller for every open stream.
+
+    All of its state is touched from the event loop only (``open``, ``close`` and the poll task);
+    the database is read in a worker thread, one poll at a time.
+    """
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], *, poll_s: float = 0.5,
+                 lookback: timedelta = timedelta(minutes=2), total: int = 500,
+                 per_user: int = 10, queue_max: int = 1000, pool_wait_s: float = 2.0) -> None:
+        if poll_s <= 0 or total < 1 or per_user < 1 or queue_max < 1 or pool_wait_s <= 0:
+            raise ValueError("poll_s and pool_wait_s must be positive; total, per_user and "
+                             "queue_max at least 1")
+        self._pool = pool
+        self.poll_s = poll_s
+        self.total = total
+        self.per_user = per_user
+        self._queue_max = queue_max
+        self._wait_s = pool_wait_s
+        self._feed = ChangeFeed(lookback=lookback)
+        self._subscribers: set[Subscriber] = set()
+        self._by_user: Counter[str] = Counter()
+        self._task: asyncio.Task[None] | None = None
+        self.polls = 0  # how many times the database was asked, for tests and curiosity
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._subscribers)
+
+    def open(self, user: str) -> Subscriber:
+        """A new stream for ``user``; raises ``StreamLimit`` beyond the caps."""
+        if self._by_user[user] >= self.per_user:
+            raise StreamLimit(429, f"{user} has {self._by_user[user]} event streams open, the "
+                                   f"most one user may; close one (another tab?) first")
+        if len(self._subscribers) >= self.total:
+            raise StreamLimit(503, f"{len(self._subscribers)} event streams are open, the most "
+                                   "this server takes; try again later")
+        sub = Subscriber(user, asyncio.Queue(self._queue_max))
+        self._subscribers.add(sub)
+        self._by_user[user] += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sse-poller")
+        return sub
+
+    def close(self, sub: Subscriber) -> None:
+        if sub in self._subscribers:
+            self._subscribers.discard(sub)
+            self._by_user[sub.user] -= 1
+            if self._by_user[sub.user] <= 0:
+                del self._by_user[sub.user]
+
+    def _poll(self) -> list[tuple[Kind, dict[str, Any]]]:
+        with self._pool.connection(timeout=self._wait_s) as conn:
+            return self._feed.poll(conn)
+
+    async def _run(self) -> None:
+        failing = False
+        while self._subscribers and not self._pool.closed:
+            waiting = [s for s in self._subscribers if not s.greeted]
+            try:
+                changes = await anyio.to_thread.run_sync(self._poll)
+                self.polls += 1
+            except PoolClosed:
+                break
+            except psycopg.OperationalError as exc:  # PoolTimeout is one too
+                if not failing:
+                    log.warning("stream: database unavailable, retrying: %s", exc)
+                failing = True
+            else:
+                failing = False
+                events = [sse(kind, row) for kind, row in changes]
+                for sub in list(self._subscribers):
+                    self._deliver(sub, events)
+                if self._feed.primed:
+                    hello = sse("hello", {"poll_s": self.poll_s})
+                    for sub in waiting:
+                        if sub in self._subscribers:
+                            sub.greeted = True
+                            self._deliver(sub, [hello])
+            await asyncio.sleep(self.poll_s)
+        if self._pool.closed:
+            for sub in list(self._subscribers):
+                self._end(sub)
+
+    def _deliver(self, sub: Subscriber, events: list[str]) -> None:
+        for event in events:
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # A client that does not read: end its stream rather than hold the events for
+                # it; its browser reconnects and fetches the lists after the next hello.
+                log.warning("stream of %s ended: %d events unread", sub.user, sub.queue.qsize())
+                self._end(sub)
+                return
+
+    def _end(self, sub: Subscriber) -> None:
+        self.close(sub)
+        while True:
+            try:
+                sub.queue.put_nowait(_END)
+                return
+            except asyncio.QueueFull:
+                sub.queue.get_nowait()  # make room for the end mark
+
+
+def stream_router(hub: StreamHub, identity: Callable[..., Identity], *,
+                  heartbeat_s: float = 15.0, retry_ms: int = 1000) -> APIRouter:
+    """The router serving ``GET /api/stream`` from ``hub`` to logged-in users.
 
     A stream ends by itself when the pool is closed, so that the HTTP server can stop while
     clients are connected (they reconnect, ``retry_ms`` later, to whatever runs next).
     """
-    if poll_s <= 0 or heartbeat_s <= 0 or retry_ms < 0:
-        raise ValueError("poll_s and heartbeat_s must be positive, retry_ms not negative")
+    if heartbeat_s <= 0 or retry_ms < 0:
+        raise ValueError("heartbeat_s must be positive, retry_ms not negative")
     router = APIRouter()
 
-    def poll(feed: ChangeFeed) -> list[tuple[Kind, dict[str, Any]]]:
-        with pool.connection(timeout=2) as conn:
-            return feed.poll(conn)
-
-    async def events() -> AsyncIterator[str]:
-        feed = ChangeFeed(lookback=lookback)
-        yield f"retry: {retry_ms}\n\n"
-        last_out = time.monotonic()
-        failing = False
-        while not pool.closed:
-            was_primed = feed.primed
-            try:
-                changes = await anyio.to_thread.run_sync(poll, feed)
-            except PoolClosed:
-                return
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                if not failing:
-                    log.warning("stream: database unavailable, retrying: %s", exc)
-                failing = True
-                changes = []
-            else:
-                failing = False
-            if feed.primed and not was_primed:
-                yield sse("hello", {"poll_s": poll_s})
-                last_out = time.monotonic()
-            for kind, row in changes:
-                yield sse(kind, row)
-                last_out = time.monotonic()
-            if time.monotonic() - last_out >= heartbeat_s:
-                yield ": heartbeat\n\n"
-                last_out = time.monotonic()
-            await anyio.sleep(poll_s)
+    async def events(sub: Subscriber) -> AsyncIterator[str]:
+        try:
+            yield f"retry: {retry_ms}\n\n"
+            while True:
+                try:
+                    event = await asyncio.wait_for(sub.queue.get(), heartbeat_s)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if event == _END:
+                    return
+                yield event
+        finally:
+            hub.close(sub)
 
     @router.get("/api/stream", response_class=StreamingResponse, responses={
         200: {"content": {"text/event-stream": {}},
-              "description": "`event: alert` and `event: work_order`, each with the row as JSON"}})
-    def stream() -> StreamingResponse:
-        return StreamingResponse(events(), media_type="text/event-stream", headers={
-            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+              "description": "`event: alert` and `event: work_order`, each with the row as JSON"},
+        **READ,
+        429: {"model": Problem, "description": "this user has too many streams open"},
+        503: {"model": Problem, "description": "too many streams open in all, or the database "
+                                               "unavailable"}})
+    async def stream(who: Annotated[Identity, Depends(identity)]) -> StreamingResponse:
+        try:
+            sub = hub.open(who.user)
+        except StreamLimit as exc:
+            headers = {"Retry-After": "30"} if exc.status == 503 else None
+            raise HTTPException(exc.status, exc.detail, headers=headers) from None
+        async def closed() -> None:  # also when the response ends before the stream started
+            hub.close(sub)
+
+        return StreamingResponse(events(sub), media_type="text/event-stream", headers={
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(closed))
 
     return router

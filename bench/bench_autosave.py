@@ -78,7 +78,8 @@ class Broker:
     def __init__(self, exe: str, data_dir: Path, overrides: dict[str, str]) -> None:
         self.exe, self.data_dir, self.port = exe, data_dir, free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
-        lines = [line for line in mosquitto_config(self.port, data_dir).splitlines()
+        lines = [line for line in mosquitto_config(self.port, data_dir,
+                                                    anonymous=True).splitlines()
                  if line.split(" ", 1)[0] not in overrides]
         lines += [f"{k} {v}" for k, v in overrides.items()]
         self.conf = data_dir / "bench.conf"

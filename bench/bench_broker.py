@@ -187,7 +187,8 @@ def main() -> int:
     rows: dict[str, tuple[Result, Result | None]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp:
         work = Path(tmp)
-        with start_broker(work / "tuned", prefer="mosquitto", fallback=False) as tuned:
+        with start_broker(work / "tuned", prefer="mosquitto", fallback=False,
+                          anonymous=True) as tuned:
             rows["tuned"] = run(tuned.port)
         for name, extra in (("default", ""), ("nodelay", "set_tcp_nodelay true\n")):
             with plain_mosquitto(exe, work, name, extra) as port:

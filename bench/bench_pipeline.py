@@ -126,7 +126,8 @@ def main() -> int:
     items = messages(config, args.messages)
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     with (scratch_database(server, "citywatch_bench") as db_url,
-          tempfile.TemporaryDirectory() as tmp, start_broker(Path(tmp)) as broker):
+          tempfile.TemporaryDirectory() as tmp,
+          start_broker(Path(tmp), anonymous=True) as broker):
         base = broker_only(broker.url, items)
         rate, _ = pipeline(config, broker.url, db_url, items)
     print(f"machine: {os.cpu_count()} cores; broker: {broker.kind} with citywatch/mosquitto.conf")

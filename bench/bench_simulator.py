@@ -97,7 +97,8 @@ def main() -> int:
 
     stop = threading.Event()
     with (tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp,
-          start_broker(Path(tmp) / "broker", prefer="mosquitto", fallback=False) as broker):
+          start_broker(Path(tmp) / "broker", prefer="mosquitto", fallback=False,
+                       anonymous=True) as broker):
         counter = Counter(broker.port)
         time.sleep(1.0)  # the subscriber has no "subscribed" signal; a second is plenty
         result: dict[str, Any] = {}

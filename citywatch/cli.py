@@ -1,4 +1,5 @@
-"""The ``citywatch`` command line (CONTRACT section 5): run, serve, simulate."""
+"""The ``citywatch`` command line (CONTRACT sections 5 and 6): run, serve, simulate, device,
+user."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import psycopg
+
+from citywatch import users_cli
 from citywatch.config import Config, ConfigError, load_config
 from citywatch.service import Endpoints, Service
+from simulators.credentials import FleetCredentials
+from simulators.errors import SimulatorError
 
 log = logging.getLogger("citywatch")
 
@@ -47,9 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             from citywatch.replay import command as replay_command
             return replay_command(config, args)
+        if args.command == "user":
+            from citywatch.users_cli import command as user_command
+            return user_command(config, args)
         if args.command == "funnel":
             from citywatch.funnel import command as funnel_command
             return funnel_command(config, args.scenario, args.seed, args.server)
+        if args.command == "device":
+            return _device(config, args)
+        if args.command == "broker":
+            return _broker_files(config, args)
         return _simulate(config, args)
     except StartupError as exc:
         print(f"citywatch: {exc}", file=sys.stderr)
@@ -76,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--duration", type=float, default=None,
                        help="stop by itself after this many seconds")
         if name == "run":
+            s.add_argument("--credentials", type=Path, default=None, metavar="FILE",
+                           help="with a configured broker: the simulated fleet's credentials "
+                           "(the embedded broker's are issued by run itself)")
             s.add_argument("--scenario", default="demo", help="simulation scenario (demo)")
             s.add_argument("--speed", type=float, default=None,
                            help="simulated seconds per real second (scenario default)")
@@ -100,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--connections", choices=("auto", "per-device", "shared"), default="auto",
                    help="one MQTT connection per device (Last Will each) or shared ones; "
                    "auto: per device up to 500 devices")
+    s.add_argument("--credentials", type=Path, default=None, metavar="FILE",
+                   help="the fleet's broker credentials (JSON: citywatch device credentials "
+                   "--all --save FILE): each device and team connects as itself")
+    _device_parsers(sub, common)
     s = sub.add_parser(
         "score", parents=[common], help="score a scenario's alerts against its ground truth",
         description="Run a scenario offline (simulated time, no broker or database) through "
@@ -138,26 +161,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--server", default=os.environ.get(
         "CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server to create the scratch database on (CITYWATCH_TEST_PG)")
+    users_cli.add_parser(sub, common)
     return p
 
 
+@dataclass
+class _Live:
+    """What ``_endpoints`` started or found: where the engine connects, and the fleet's
+    credentials when the simulated fleet must authenticate (None: the URL's, if any)."""
+
+    endpoints: Endpoints
+    fleet: FleetCredentials | None = None
+
+
 @contextlib.contextmanager
-def _endpoints(config: Config, data_dir: Path) -> Iterator[Endpoints]:
-    """The configured broker and database, or our own embedded ones when none is configured."""
-    from citywatch import embedded
+def _endpoints(config: Config, data_dir: Path, *, fleet: bool = False,
+               credentials_file: Path | None = None) -> Iterator[_Live]:
+    """The configured broker and database, or our own embedded ones when none is configured.
+
+    The embedded broker authenticates everyone (CONTRACT section 6): the engine gets a new
+    secret at every start, the simulated fleet (``fleet``) its stored ones or new ones, and the
+    broker's files are made from the credentials registry before it starts.
+    """
+    from citywatch import broker_access, embedded
+    from sensing import credentials
 
     with contextlib.ExitStack() as stack:
-        broker_url, protocol = config.broker.url, "5"
-        if broker_url == "embedded":
-            print("starting the embedded broker ...", flush=True)
-            try:
-                broker = stack.enter_context(embedded.start_broker(
-                    data_dir / "broker", port=_port_if_free(EMBEDDED_BROKER_PORT)))
-            except Exception as exc:
-                raise StartupError(f"cannot start an embedded broker: {exc}") from exc
-            broker_url, protocol = broker.url, broker.protocol
-            print(f"  {broker.kind} on {broker.url} (MQTT {broker.protocol})", flush=True)
-        db_url = config.database.url
+        db_url, owner_url = config.database.url, None
         if db_url == "embedded":
             print("starting the embedded PostgreSQL (first start takes a few seconds) ...",
                   flush=True)
@@ -165,9 +195,64 @@ def _endpoints(config: Config, data_dir: Path) -> Iterator[Endpoints]:
                 database = stack.enter_context(embedded.start_database(data_dir / "postgres"))
             except Exception as exc:
                 raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from exc
-            db_url = database.url
-            print(f"  PostgreSQL on {_redact_db(db_url)}", flush=True)
-        yield Endpoints(broker_url, db_url, protocol)
+            db_url, owner_url = database.url, database.owner_url
+            print(f"  PostgreSQL on {_redact_db(db_url)} (as {embedded.SERVICE_ROLE})",
+                  flush=True)
+        broker_url, protocol = config.broker.url, "5"
+        sim_credentials = None
+        if broker_url == "embedded":
+            broker_dir = data_dir / "broker"
+            now = datetime.now(UTC)
+            try:
+                with psycopg.connect(owner_url or db_url, autocommit=True) as conn:
+                    credentials.migrate(conn)
+                    engine_secret = credentials.issue(conn, config.broker.client_id,
+                                                      "service", now)
+                    if fleet:
+                        sim_credentials = broker_access.fleet_credentials(
+                            conn, config, data_dir / SIM_CREDENTIALS, now,
+                            gateways=_sim_gateways(config))
+                    broker_access.write_broker_files(conn, config, broker_dir)
+            except psycopg.Error as exc:
+                raise StartupError(f"cannot prepare the broker's credentials: {exc}") from exc
+            print("starting the embedded broker ...", flush=True)
+            tls = config.broker.tls
+            try:
+                broker = stack.enter_context(embedded.start_broker(
+                    broker_dir, port=_port_if_free(EMBEDDED_BROKER_PORT),
+                    tls=embedded.TlsListener(tls.host, tls.port) if tls.enabled else None))
+            except Exception as exc:
+                raise StartupError(f"cannot start an embedded broker: {exc}") from exc
+            broker_url = (f"mqtt://{quote(config.broker.client_id, safe='')}:"
+                          f"{quote(engine_secret, safe='')}@{embedded.LOOPBACK}:{broker.port}")
+            protocol = broker.protocol
+            print(f"  {broker.kind} on {broker.url} (MQTT {broker.protocol}, authenticated)",
+                  flush=True)
+            if broker.tls_url is not None and broker.tls_files is not None:
+                print(f"  TLS listener on {broker.tls_url} (CA certificate "
+                      f"{broker.tls_files.ca_cert})", flush=True)
+        elif fleet and credentials_file is not None:
+            try:
+                sim_credentials = FleetCredentials.load(credentials_file)
+            except SimulatorError as exc:
+                raise StartupError(str(exc)) from None
+        yield _Live(Endpoints(broker_url, db_url, protocol, database_owner_url=owner_url),
+                    sim_credentials)
+
+
+# The simulated fleet's secrets, kept by `citywatch run` for its next start (0600).
+SIM_CREDENTIALS = "simulator-credentials.json"
+
+
+def _sim_gateways(config: Config) -> dict[str, list[str]]:
+    """Gateways for the simulated fleet when it is too big for a connection per device."""
+    from citywatch.broker_access import simulator_gateways
+    from simulators.links import DEVICES_PER_SHARED_LINK
+    from simulators.runner import PER_DEVICE_MAX
+
+    if len(config.devices) <= PER_DEVICE_MAX:
+        return {}
+    return simulator_gateways([d.id for d in config.devices], DEVICES_PER_SHARED_LINK)
 
 
 # The standard MQTT port when it is free, so `mosquitto_pub` without -p reaches the demo.
@@ -184,13 +269,20 @@ def _port_if_free(port: int) -> int | None:
 
 
 def _redact_db(url: str) -> str:
-    return url.split("?", maxsplit=1)[0]
+    """The URL without its query and password (it is printed)."""
+    parts = urlsplit(url.split("?", maxsplit=1)[0])
+    if parts.password is None:
+        return parts.geturl()
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
 
 
 def _run(config: Config, args: argparse.Namespace, *, with_simulators: bool) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
-    with _endpoints(config, args.data_dir) as endpoints:
+    with _endpoints(config, args.data_dir, fleet=with_simulators,
+                    credentials_file=getattr(args, "credentials", None)) as live:
+        endpoints = live.endpoints
         service = Service(config, endpoints, http_port=args.port)
         try:
             service.start()
@@ -199,10 +291,13 @@ def _run(config: Config, args: argparse.Namespace, *, with_simulators: bool) -> 
             raise StartupError(f"cannot start: {exc}") from exc
         print(f"\ncitywatch is running: dashboard {service.url}/   API {service.url}/docs   "
               f"storage {service.storage_mode}", flush=True)
+        login = (users_cli.ensure_first_login(endpoints.database_url, args.data_dir)
+                 if with_simulators else users_cli.login_hint(endpoints.database_url))
+        print(f"  {login}", flush=True)
         sim_thread = None
         sim_status: dict[str, object] = {}
         if with_simulators:
-            sim_thread = _start_simulation(config, args, endpoints, stop, sim_status)
+            sim_thread = _start_simulation(config, args, endpoints, stop, sim_status, live.fleet)
         print("press Ctrl-C to stop\n", flush=True)
         started = time.monotonic()
         try:
@@ -221,7 +316,8 @@ def _run(config: Config, args: argparse.Namespace, *, with_simulators: bool) -> 
 
 
 def _start_simulation(config: Config, args: argparse.Namespace, endpoints: Endpoints,
-                      stop: threading.Event, status: dict[str, object]) -> threading.Thread:
+                      stop: threading.Event, status: dict[str, object],
+                      fleet: FleetCredentials | None) -> threading.Thread:
     from simulators.runner import Simulation
 
     sim = Simulation(config, args.scenario, seed=args.seed if args.seed is not None else
@@ -232,8 +328,12 @@ def _start_simulation(config: Config, args: argparse.Namespace, endpoints: Endpo
 
     def target() -> None:
         try:
-            sim.run(endpoints.broker_url, stop, None, progress,
-                    truth_path=args.data_dir / "truth" / f"{sim.scenario.name}-{sim.seed}.json")
+            # The fleet connects as itself, never with the engine's credentials in the URL.
+            url = endpoints.broker_url if fleet is None else _without_user(endpoints.broker_url)
+            sim.run(url, stop, None, progress,
+                    truth_path=args.data_dir / "truth" / f"{sim.scenario.name}-{sim.seed}.json",
+                    credentials=fleet,
+                    ca_file=None if config.ca_path is None else str(config.ca_path))
         except Exception:
             log.exception("simulation stopped")
 
@@ -293,14 +393,28 @@ def _simulate(config: Config, args: argparse.Namespace) -> int:
             last_line[0] = p.real_elapsed_s
             print(p.describe(), flush=True)
 
+    fleet = None
+    if args.credentials is not None:
+        try:
+            fleet = FleetCredentials.load(args.credentials)
+        except SimulatorError as exc:
+            raise StartupError(str(exc)) from None
     try:
-        final = sim.run(config.broker.url, stop, args.duration, progress, truth_path=truth,
-                        connections=args.connections, until_end=not args.keep_running)
+        final = sim.run(config.broker.url if fleet is None else _without_user(config.broker.url),
+                        stop, args.duration, progress, truth_path=truth,
+                        connections=args.connections, until_end=not args.keep_running,
+                        credentials=fleet,
+                        ca_file=None if config.ca_path is None else str(config.ca_path))
     except SimulatorError as exc:
         raise StartupError(str(exc)) from None
     print(("\n" if tty else "") + f"simulation stopped: {final.describe()}\n"
           f"ground truth written to {truth}", flush=True)
     return 0
+
+
+def _without_user(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 def _redact_broker(url: str) -> str:
@@ -313,6 +427,159 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+# --------------------------------------------------------------------------------------------
+# citywatch device ... and citywatch broker files (CONTRACT section 6)
+
+
+def _device_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", default="var", type=Path,
+                          help="where the embedded database and broker keep their data "
+                          "(default: var); ignored for a configured database")
+    d = sub.add_parser("device", help="broker credentials of devices, teams and gateways",
+                       description="Issue, rotate or disable the broker credentials of a device, "
+                       "a team, a gateway or the engine (CONTRACT section 6). The secret is "
+                       "printed once and only its hash is kept. The embedded broker takes the "
+                       "change at once, without a restart; for a broker of your own, write its "
+                       "files with `citywatch broker files --out DIR` and reload it.")
+    dsub = d.add_subparsers(dest="device_command", required=True)
+    c = dsub.add_parser("credentials", parents=[common, data_dir],
+                        help="issue or rotate secrets (printed once)",
+                        description="Issue a new secret for each ID (a device or team of the "
+                        "configuration, the engine's broker.client_id or a registered gateway), "
+                        "replacing any old one, which stops working at once.")
+    c.add_argument("ids", nargs="*", metavar="ID")
+    c.add_argument("--all", action="store_true",
+                   help="every device and team of the configuration")
+    c.add_argument("--save", type=Path, default=None, metavar="FILE",
+                   help="write the secrets into FILE (JSON, 0600; what simulate --credentials "
+                   "reads) instead of printing them")
+    g = dsub.add_parser("gateway", parents=[common, data_dir],
+                        help="register a gateway for devices and issue its secret",
+                        description="A gateway connects once for many devices and may publish "
+                        "for each (its devices' topics only). Registers ID for the DEVICEs "
+                        "(replacing its list) and issues or rotates its secret.")
+    g.add_argument("id", metavar="ID")
+    g.add_argument("devices", nargs="+", metavar="DEVICE")
+    g.add_argument("--save", type=Path, default=None, metavar="FILE",
+                   help="write the secret and the gateway's devices into FILE instead")
+    x = dsub.add_parser("disable", parents=[common, data_dir], help="refuse an identity",
+                        description="Refuse the broker to ID from now on (issue a new secret "
+                        "to let it in again).")
+    x.add_argument("id", metavar="ID")
+    b = sub.add_parser("broker", help="files for a broker of your own",
+                       description="Write Mosquitto's password_file (passwd) and acl_file (acl) "
+                       "made from the credentials registry and the configuration, for a "
+                       "Mosquitto that citywatch does not run; reload it afterwards "
+                       "(SIGHUP, or systemctl reload mosquitto).")
+    bsub = b.add_subparsers(dest="broker_command", required=True)
+    f = bsub.add_parser("files", parents=[common, data_dir], help="write passwd and acl")
+    f.add_argument("--out", type=Path, required=True, metavar="DIR")
+
+
+@contextlib.contextmanager
+def _admin_db(config: Config, data_dir: Path) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as the schema's owner: the configured database, or the embedded one (the
+    running one, or started for this command)."""
+    from citywatch import embedded
+    from sensing import credentials
+
+    with contextlib.ExitStack() as stack:
+        url = config.database.url
+        if url == "embedded":
+            running = embedded.running_database(data_dir / "postgres")
+            if running is not None:
+                url = running[1]
+            else:
+                try:
+                    url = stack.enter_context(
+                        embedded.start_database(data_dir / "postgres")).owner_url
+                except Exception as exc:
+                    raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from exc
+        try:
+            conn = stack.enter_context(psycopg.connect(url, autocommit=True))
+            credentials.migrate(conn)
+        except psycopg.Error as exc:
+            raise StartupError(f"cannot reach the database: {exc}") from exc
+        yield conn
+
+
+def _device(config: Config, args: argparse.Namespace) -> int:
+    from citywatch import broker_access
+
+    now = datetime.now(UTC)
+    issued: dict[str, str] = {}
+    gateways: dict[str, tuple[str, ...]] = {}
+    with _admin_db(config, args.data_dir) as conn:
+        try:
+            if args.device_command == "credentials":
+                ids = list(args.ids)
+                if args.all:
+                    ids += [d.id for d in config.devices] + [t.id for t in config.teams]
+                if not ids:
+                    raise StartupError("name one or more IDs, or --all")
+                for identity in ids:  # all known before any is rotated
+                    broker_access.identity_kind(config, identity, conn)
+                for identity in dict.fromkeys(ids):
+                    issued[identity] = broker_access.issue(conn, config, identity, now)
+            elif args.device_command == "gateway":
+                issued[args.id] = broker_access.issue_gateway(conn, config, args.id,
+                                                              args.devices, now)
+                gateways[args.id] = tuple(args.devices)
+            else:
+                from sensing import credentials
+
+                if not credentials.disable(conn, args.id):
+                    raise StartupError(f"unknown id {args.id!r}: it has no credentials")
+                print(f"{args.id} is disabled")
+        except broker_access.AccessError as exc:
+            print(f"citywatch: {exc}", file=sys.stderr)
+            return 2
+        _apply_to_broker(conn, config, args.data_dir)
+    if not issued:
+        return 0
+    save = getattr(args, "save", None)
+    if save is not None:
+        try:
+            old = FleetCredentials.load(save) if save.exists() else FleetCredentials()
+        except SimulatorError as exc:
+            raise StartupError(str(exc)) from None
+        FleetCredentials({**old.secrets, **issued}, {**old.gateways, **gateways}).save(save)
+        print(f"saved {len(issued)} new secret(s) to {save} (readable by you only)")
+        return 0
+    print("New secrets (shown once, only their hashes are kept; any old secret no longer "
+          "works):", file=sys.stderr)
+    for identity, secret in issued.items():
+        print(f"{identity} {secret}")
+    return 0
+
+
+def _apply_to_broker(conn: psycopg.Connection[Any], config: Config, data_dir: Path) -> None:
+    from citywatch import broker_access
+
+    if config.broker.url == "embedded":
+        kind = broker_access.refresh_embedded(conn, config, data_dir / "broker")
+        where = (f"the running embedded broker ({kind}) has taken the change"
+                 if kind else "the embedded broker takes the change when it starts")
+    else:
+        where = ("for your broker: citywatch broker files --out DIR, then reload it "
+                 "(kill -HUP its pid, or systemctl reload mosquitto)")
+    print(where, file=sys.stderr)
+
+
+def _broker_files(config: Config, args: argparse.Namespace) -> int:
+    from citywatch import broker_access
+
+    with _admin_db(config, args.data_dir) as conn:
+        n = broker_access.write_broker_files(conn, config, args.out)
+    out = args.out.resolve()
+    print(f"wrote {out / 'passwd'} and {out / 'acl'} ({n} identities). In mosquitto.conf:\n"
+          f"  allow_anonymous false\n  password_file {out / 'passwd'}\n"
+          f"  acl_file {out / 'acl'}\n  use_username_as_clientid true   # per listener\n"
+          "then reload the broker (kill -HUP its pid, or systemctl reload mosquitto).")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ from typing import Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from geo.zones import ZONE_TYPE_HAZARDS
+from rules.base import DEVICE_FAULT, FALLING_OBJECT_PATTERN
 from rules.params import RulesParams
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+HOST_NAME = re.compile(r"\*|[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 PLUGIN_PATH = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
 KINDS = ("camera", "water", "rain", "traffic", "grid")
 
@@ -30,9 +33,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BrokerTlsConfig(_Strict):
+    enabled: bool = Field(default=False, description="the embedded broker also listens with TLS; "
+                          "its local CA is made on first start: {data-dir}/broker/tls/ca.crt")
+    host: str = Field(default="127.0.0.1", description="address of the TLS listener "
+                      "(0.0.0.0: every interface, for devices on other machines)")
+    port: int = Field(default=8883, ge=1, le=65535)
+
+
 class BrokerConfig(_Strict):
     url: str = Field(default="embedded", description="mqtt://user:pass@host:port, or 'embedded'")
-    client_id: str = Field(default="citywatch-engine", description="stable id: persistent session")
+    client_id: str = Field(default="citywatch-engine", description="stable id: persistent "
+                           "session; also the engine's username on the embedded broker")
+    ca_file: Path | None = Field(default=None, description="the CA certificate that signed an "
+                                 "mqtts:// broker's certificate (default: the system's CAs); "
+                                 "relative to this file")
+    tls: BrokerTlsConfig = BrokerTlsConfig()
     session_expiry_s: int = Field(default=86400, ge=0, description="how long the broker keeps "
                                   "our session and queued messages while we are away")
     keepalive_s: int = Field(default=30, ge=5)
@@ -53,6 +69,9 @@ class DatabaseConfig(_Strict):
     batch_wait_ms: int = Field(default=50, ge=0, description="how long a batch may wait to fill")
     retention_days: int = Field(default=90, ge=1,
                                 description="telemetry older than this is dropped")
+    outbox_keep_days: int = Field(
+        default=7, ge=1, description="a published outbox row (dispatch, zone state) is deleted "
+        "this many days after it was sent; an unsent one is never deleted")
 
     @field_validator("url")
     @classmethod
@@ -65,6 +84,52 @@ class DatabaseConfig(_Strict):
 class HttpConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="host names the API answers to (the Host header, without the "
+        "port); empty: the served host, and localhost too when it is a loopback address")
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024,
+                                description="larger request bodies are refused (413)")
+    streams_total: int = Field(default=500, ge=1, description="open event streams "
+                               "(GET /api/stream) in all; beyond: 503")
+    streams_per_user: int = Field(default=10, ge=1, description="open event streams per user; "
+                                  "beyond: 429")
+    pool_size: int = Field(default=4, ge=1, le=100,
+                           description="database connections the HTTP API may hold")
+    pool_wait_s: float = Field(default=5, gt=0, le=60, description="how long a request waits "
+                               "for a database connection before it gets 503")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for h in v:
+            if not HOST_NAME.fullmatch(h):
+                raise ValueError(f"{h!r}: expected a host name or address without scheme, port "
+                                 "or path, or '*' for any")
+        return v
+
+
+class AuthConfig(_Strict):
+    """Logins to the HTTP API and the console (CONTRACT section 6)."""
+
+    token_ttl_min: float = Field(default=60, gt=0, le=7 * 24 * 60,
+                                 description="lifetime of a bearer token from POST /api/token")
+    session_ttl_min: float = Field(default=720, gt=0, le=7 * 24 * 60,
+                                   description="lifetime of a console session (a shift)")
+    login_attempts_per_address: int = Field(
+        default=30, ge=1, description="login attempts per client address per minute; beyond: "
+        "429 with Retry-After")
+    login_failures_per_user: int = Field(
+        default=5, ge=1, description="failed logins per user name per minute; beyond: 429")
+
+
+class HealthConfig(_Strict):
+    stuck_after_s: float = Field(
+        default=60, gt=0, description="GET /api/health answers 503 when a worker (ingest, outbox) "
+        "has had work waiting this long without progress, e.g. the database refusing a batch")
+    warn_for_s: float = Field(
+        default=600, gt=0, description="how long a drop (broker queue full, QoS 0 beyond the "
+        "ingest budget) or a message dead-lettered for an internal error keeps a warning in "
+        "GET /api/health")
 
 
 class ZonesConfig(_Strict):
@@ -74,6 +139,26 @@ class ZonesConfig(_Strict):
 class PresenceConfig(_Strict):
     silence_timeout_s: float = Field(default=180, gt=0,
                                      description="no telemetry this long: offline")
+
+
+class ClocksConfig(_Strict):
+    """The server's clock against the devices': time moves when no reading arrives, and a
+    device whose clock is off is evaluated on the server's timeline (stored as sent)."""
+
+    tick_every_s: float = Field(
+        default=5, gt=0, description="how often the rules are moved on the server's clock "
+        "(silence, timed clears) when no reading moves them")
+    allowance_s: float = Field(
+        default=30, ge=0, description="the rules are moved to the server's clock less this, so "
+        "a reading in transit this long is still on time (the reorder window comes on top); "
+        "no tick runs while a backlog older than this drains")
+    skew_tolerance_s: float = Field(
+        default=60, gt=0, description="a device whose clock is further than this ahead of or "
+        "behind the fleet's is corrected (and flagged in health)")
+    skew_confirm_s: float = Field(
+        default=60, ge=0, description="a device behind the fleet is corrected once its offset "
+        "has held this long, so that its own backlog is not taken for a slow clock; ahead is "
+        "corrected at once")
 
 
 class Department(_Strict):
@@ -133,6 +218,7 @@ class Device(_Strict):
 
 
 LevelName = Literal["red", "orange", "yellow", "blue"]
+LEVEL_NAMES: tuple[LevelName, ...] = ("red", "orange", "yellow", "blue")
 
 
 class WorkOrdersConfig(_Strict):
@@ -153,6 +239,21 @@ class WorkOrdersConfig(_Strict):
         default=3, ge=1, description="sends before an unacknowledged dispatch escalates")
     check_every_s: float = Field(
         default=5, gt=0, description="how often deadlines and dispatches are checked")
+    keep_days: int = Field(
+        default=1830, ge=1, description="a resolved or closed order, with its history, "
+        "dispatches and alerts, is deleted this many days after it was last touched; 5 years "
+        "outlives the 3-year limitation period for damage claims (PRC Civil Code art. 188) and "
+        "leaves year-on-year comparisons")
+    evidence_keep_first: int = Field(
+        default=20, ge=1, description="evidence entries kept from the start of an alert (what "
+        "raised it)")
+    evidence_keep_last: int = Field(
+        default=80, ge=1, description="newest evidence entries kept; those between are dropped "
+        "and counted in the alert's evidence_dropped")
+    history_repeats_max: int = Field(
+        default=50, ge=1, description="repetitive system lines per order (report merged, "
+        "dispatch repeated, level eased, hazard back) listed in its history; later ones are "
+        "counted in one summary line. State changes and people's answers are always kept")
 
     @field_validator("respond_within_min", "resolve_within_min")
     @classmethod
@@ -176,8 +277,10 @@ class Config(_Strict):
     broker: BrokerConfig = BrokerConfig()
     database: DatabaseConfig = DatabaseConfig()
     http: HttpConfig = HttpConfig()
+    health: HealthConfig = HealthConfig()
     zones: ZonesConfig
     presence: PresenceConfig = PresenceConfig()
+    clocks: ClocksConfig = ClocksConfig()
     rules: RulesParams
     departments: tuple[Department, ...]
     teams: tuple[Team, ...]
@@ -188,6 +291,7 @@ class Config(_Strict):
         default=(), description="device kinds from plug-ins, as 'package.module:Class'; "
         "entry points of the citywatch.devices group load without being listed")
     work_orders: WorkOrdersConfig = WorkOrdersConfig()
+    auth: AuthConfig = AuthConfig()
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by the loader")
 
     @field_validator("plugins")
@@ -211,12 +315,36 @@ class Config(_Strict):
                     f"routing[{i}].department: {r.department!r} is not a department id")
             if r.team not in team_ids:
                 raise ValueError(f"routing[{i}].team: {r.team!r} is not a team id")
+        if self.routing:  # a configuration for simulators only may leave routing out
+            missing = [f"{h} in {t} at {lv}" for h, t in required_routes()
+                       for lv in LEVEL_NAMES if self.route(h, t, lv) is None]
+            if missing:
+                shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more"
+                                                  if len(missing) > 8 else "")
+                raise ValueError(f"routing: no route for {shown}; every hazard of every zone "
+                                 "type needs a route at every level (add one, or a '*' zone type)")
         seen: set[str] = set()
         for i, d in enumerate(self.devices):
             if d.id in seen:
                 raise ValueError(f"devices[{i}].id: {d.id!r} appears twice")
             seen.add(d.id)
+        # Each is a broker username (CONTRACT section 6) and a dispatch topic: they must differ.
+        for i, t in enumerate(self.teams):
+            if t.id in seen:
+                raise ValueError(f"teams[{i}].id: {t.id!r} is also a device id; a team and a "
+                                 "device cannot share a broker username")
+            if t.id == self.broker.client_id:
+                raise ValueError(f"teams[{i}].id: {t.id!r} is the engine's broker.client_id")
+        if self.broker.client_id in seen:
+            raise ValueError(f"broker.client_id: {self.broker.client_id!r} is also a device id")
         return self
+
+    @property
+    def ca_path(self) -> Path | None:
+        ca = self.broker.ca_file
+        if ca is None:
+            return None
+        return ca if ca.is_absolute() else self.base_dir / ca
 
     @property
     def zones_path(self) -> Path:
@@ -227,6 +355,17 @@ class Config(_Strict):
             if r.hazard == hazard and r.zone_type in (zone_type, "*") and level in r.levels:
                 return r
         return None
+
+
+def required_routes() -> list[tuple[str, str]]:
+    """(hazard, zone type) pairs the rules can raise an alert for, so the routing table must
+    cover them: each zone type's own hazards, falling-object patterns at fall zones, grid
+    workers' reports in their grid cell, and a faulty device in any zone."""
+    pairs = [(h, t) for t, hazards in ZONE_TYPE_HAZARDS.items() for h in hazards]
+    pairs.append((FALLING_OBJECT_PATTERN, "fall_zone"))
+    pairs += [(h, "grid_cell") for h in ("waterlogging", "falling_object", "traffic")]
+    pairs += [(DEVICE_FAULT, t) for t in ZONE_TYPE_HAZARDS]
+    return pairs
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

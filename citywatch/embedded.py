@@ -36,6 +36,8 @@ import json
 import logging
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -44,14 +46,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import psycopg
 from psycopg import sql
+
+from sensing.limits import MAX_PACKET_BYTES
+
+if TYPE_CHECKING:
+    from citywatch.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,8 @@ _INSTALL_BROKER = (
 )
 _PORT_ATTEMPTS = 3
 _T = TypeVar("_T")
+PASSWORD_FILE = "passwd"  # noqa: S105 - a file name; the broker's access files are in its data dir
+ACL_FILE = "acl"
 
 
 class EmbeddedError(Exception):
@@ -346,12 +355,21 @@ def _connack_code(host: str, port: int, level: int, timeout: float) -> int | Non
             return None
 
 
+# CONNACK codes that mean "I speak this version, but not to you": an authenticated broker
+# refuses the anonymous probe, and still tells which version it speaks.
+_SPEAKS_5 = frozenset({0, 0x86, 0x87})  # success, bad user name or password, not authorised
+_SPEAKS_311 = frozenset({0, 4, 5})  # accepted, bad user name or password, not authorised
+
+
 def mqtt_protocol(host: str, port: int, timeout: float = 2.0) -> MqttProtocol | None:
-    """The newest MQTT version an anonymous client may use at host:port: "5", "3.1.1" or None."""
+    """The newest MQTT version the broker at host:port speaks: "5", "3.1.1" or None.
+
+    It asks anonymously; a broker that refuses anonymous clients still answers in its version.
+    """
     try:
-        if _connack_code(host, port, 5, timeout) == 0:
+        if _connack_code(host, port, 5, timeout) in _SPEAKS_5:
             return "5"
-        if _connack_code(host, port, 4, timeout) == 0:
+        if _connack_code(host, port, 4, timeout) in _SPEAKS_311:
             return "3.1.1"
     except OSError:
         pass
@@ -366,23 +384,128 @@ def find_mosquitto() -> str | None:
     return next((p for p in _MOSQUITTO_PLACES if os.access(p, os.X_OK)), None)
 
 
-def mosquitto_config(port: int, data_dir: Path) -> str:
-    """The shipped tuned configuration with the listener port and the data directory filled in."""
+@dataclass(frozen=True)
+class TlsListener:
+    """A second, TLS listener of the embedded broker, with a certificate from a local CA that is
+    made on first use in ``{data_dir}/tls`` (see ``citywatch.tls``); clients trust ``ca.crt``."""
+
+    host: str = LOOPBACK
+    port: int = 8883
+
+
+def _access_settings(data_dir: Path, anonymous: bool) -> str:
+    if anonymous:
+        # Only for tests and benchmarks, and only because the listener is bound to 127.0.0.1.
+        return "allow_anonymous true"
+    return "\n".join((
+        "# No anonymous clients: every device, team and the engine has its own credentials,",
+        "# made by citywatch from its credentials registry (citywatch device credentials ID).",
+        "allow_anonymous false",
+        f"password_file {data_dir / PASSWORD_FILE}",
+        f"acl_file {data_dir / ACL_FILE}",
+        "# The client id is the username, so nobody can take over another's session (the",
+        "# engine's above all) by connecting with its client id.",
+        "use_username_as_clientid true",
+    ))
+
+
+def _tls_settings(tls: TlsListener | None, files: TlsFiles | None) -> str:
+    if tls is None or files is None:
+        return "# (none configured: broker.tls.enabled is false)"
+    return "\n".join((
+        f"listener {tls.port} {tls.host}",
+        "use_username_as_clientid true",
+        f"cafile {files.ca_cert}",
+        f"certfile {files.server_cert}",
+        f"keyfile {files.server_key}",
+        "tls_version tlsv1.2",
+    ))
+
+
+def mosquitto_config(port: int, data_dir: Path, settings: Mapping[str, str] | None = None, *,
+                     anonymous: bool = False, tls: TlsListener | None = None,
+                     tls_files: TlsFiles | None = None) -> str:
+    """The shipped tuned configuration with the listener port, the data directory, the packet
+    limit and the access settings filled in: authenticated from the files in ``data_dir``
+    unless ``anonymous``. ``settings`` replaces the value of a setting (tests: a tiny queue, a
+    fast $SYS interval); a setting the file does not have is added at the end."""
     if any(c.isspace() for c in str(data_dir)):
         raise EmbeddedError(f"Mosquitto cannot use a data directory with spaces: {data_dir}")
     template = importlib.resources.files("citywatch").joinpath("mosquitto.conf")
-    text = template.read_text(encoding="utf-8")
-    return text.replace("@PORT@", str(port)).replace("@DATA_DIR@", str(data_dir))
+    # Whole lines only for the multi-line ones.
+    text = (template.read_text(encoding="utf-8")
+            .replace("\n@ACCESS@\n", f"\n{_access_settings(data_dir, anonymous)}\n")
+            .replace("\n@TLS@\n", f"\n{_tls_settings(tls, tls_files)}\n")
+            .replace("@PORT@", str(port)).replace("@DATA_DIR@", str(data_dir))
+            .replace("@MAX_PACKET_SIZE@", str(MAX_PACKET_BYTES)))
+    for key, value in (settings or {}).items():
+        if not re.fullmatch(r"[a-z_0-9]+", key) or "\n" in value:
+            raise EmbeddedError(f"not a Mosquitto setting: {key!r} {value!r}")
+        text, n = re.subn(rf"^{key} .*$", f"{key} {value}", text, flags=re.MULTILINE)
+        if n == 0:
+            text += f"{key} {value}\n"
+    return text
+
+
+def write_access_files(data_dir: Path, passwords: str, acl: str) -> None:
+    """Put the broker's password and ACL files in place (atomically, readable by the broker only);
+    a running broker takes them up on :func:`reload_broker`."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    account = _service_account()
+    for name, text in ((PASSWORD_FILE, passwords), (ACL_FILE, acl)):
+        tmp = data_dir / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            if account is not None:
+                os.fchown(out.fileno(), account.uid, account.gid)
+        os.replace(tmp, data_dir / name)
+
+
+def _ensure_access_files(data_dir: Path) -> None:
+    """Empty files (nobody may connect) until the registry's are written."""
+    if not (data_dir / PASSWORD_FILE).exists() or not (data_dir / ACL_FILE).exists():
+        write_access_files(data_dir, "", "")
+
+
+def reload_broker(data_dir: Path) -> str | None:
+    """Make the embedded broker of ``data_dir``, if one runs, read its access files again
+    without a restart; returns its kind ("mosquitto", "amqtt") or None when none runs.
+
+    Mosquitto rereads them on SIGHUP (and drops a connected client whose secret no longer
+    matches); the amqtt fallback's plug-ins reread them when they change, and SIGHUP would end it.
+    """
+    data_dir = Path(data_dir).resolve()
+    try:
+        pid = int((data_dir / "broker.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    cmdline = _cmdline(pid)
+    if str(data_dir) not in cmdline:
+        return None
+    if "amqtt" in cmdline:
+        return "amqtt"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGHUP)
+        return "mosquitto"
+    return None
 
 
 class EmbeddedBroker(_Service):
     """A broker we started: ``url``, ``protocol`` ("5" or "3.1.1"), ``kind``, ``stop()``."""
 
     def __init__(self, proc: subprocess.Popen[bytes], lock: _DirLock, data_dir: Path, port: int,
-                 log_path: Path, *, kind: BrokerKind, protocol: MqttProtocol) -> None:
+                 log_path: Path, *, kind: BrokerKind, protocol: MqttProtocol,
+                 anonymous: bool = False, tls: TlsListener | None = None,
+                 tls_files: TlsFiles | None = None) -> None:
         super().__init__(proc, lock, data_dir, port, log_path)
         self.kind: BrokerKind = kind
         self.protocol: MqttProtocol = protocol
+        self.anonymous = anonymous
+        self.tls = tls
+        self.tls_files = tls_files
         # Mosquitto keeps QoS 1 messages for absent persistent sessions (and across restarts);
         # amqtt 0.12.1 keeps none for anonymous clients.
         self.persistent_sessions = kind == "mosquitto"
@@ -393,17 +516,31 @@ class EmbeddedBroker(_Service):
     def url(self) -> str:
         return f"mqtt://{LOOPBACK}:{self.port}"
 
+    @property
+    def tls_url(self) -> str | None:
+        """``mqtts://host:port`` of the TLS listener, if there is one (clients need ``ca.crt``)."""
+        if self.tls is None or self.tls_files is None:
+            return None
+        return f"mqtts://{self.tls_files.server_name}:{self.tls.port}"
+
+    def reload(self) -> None:
+        """Read the access files again (see :func:`reload_broker`)."""
+        reload_broker(self.data_dir)
+
     def __repr__(self) -> str:
         return f"EmbeddedBroker(kind={self.kind!r}, url={self.url!r}, protocol={self.protocol!r})"
 
 
-def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Account | None
+def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Account | None,
+                   settings: Mapping[str, str] | None = None, *, anonymous: bool,
+                   tls: TlsListener | None, tls_files: TlsFiles | None
                    ) -> tuple[subprocess.Popen[bytes], Path]:
     if kind == "mosquitto":
         exe = find_mosquitto()
         assert exe is not None
         conf = data_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(port, data_dir), encoding="utf-8")
+        conf.write_text(mosquitto_config(port, data_dir, settings, anonymous=anonymous, tls=tls,
+                                         tls_files=tls_files), encoding="utf-8")
         log_path = data_dir / "mosquitto.log"
         # As root, Mosquitto runs as the service user from the start (its own `user` switch
         # would pick the "mosquitto" user, who cannot write our data directory).
@@ -411,23 +548,37 @@ def _launch_broker(kind: BrokerKind, data_dir: Path, port: int, account: _Accoun
     # amqtt: JSON is YAML, which is what amqtt reads. It runs as ourselves: it is our own Python
     # from our own virtualenv, listens on loopback only and writes nothing but its log.
     conf = data_dir / "amqtt.yaml"
-    conf.write_text(json.dumps({
-        "listeners": {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }, indent=2), encoding="utf-8")
+    listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}}
+    if tls is not None and tls_files is not None:
+        listeners["tls"] = {"type": "tcp", "bind": f"{tls.host}:{tls.port}", "ssl": True,
+                            "certfile": str(tls_files.server_cert),
+                            "keyfile": str(tls_files.server_key)}
+    plugins: dict[str, Any] = (
+        {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+        if anonymous else {
+            # The same files as Mosquitto's (see citywatch.amqtt_access), reread when changed.
+            "citywatch.amqtt_access.PasswordFileAuth": {
+                "password_file": str(data_dir / PASSWORD_FILE)},
+            "citywatch.amqtt_access.AclFileTopics": {"acl_file": str(data_dir / ACL_FILE)},
+        })
+    conf.write_text(json.dumps({"listeners": listeners, "plugins": plugins}, indent=2),
+                    encoding="utf-8")
     log_path = data_dir / "amqtt.log"
     cmd = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(conf)]
     return _spawn(cmd, log_path, None), log_path
 
 
 def _start_one_broker(kind: BrokerKind, data_dir: Path, *, port: int | None, timeout: float,
-                      account: _Account | None, lock: _DirLock) -> EmbeddedBroker:
+                      account: _Account | None, lock: _DirLock, anonymous: bool,
+                      tls: TlsListener | None, tls_files: TlsFiles | None,
+                      settings: Mapping[str, str] | None = None) -> EmbeddedBroker:
     if kind == "mosquitto":
         _hand_over(data_dir, account)
         _make_reachable(data_dir, account)
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         chosen = port if port is not None else free_port()
-        proc, log_path = _launch_broker(kind, data_dir, chosen, account)
+        proc, log_path = _launch_broker(kind, data_dir, chosen, account, settings,
+                                        anonymous=anonymous, tls=tls, tls_files=tls_files)
         (data_dir / "broker.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
         try:
             probe = functools.partial(mqtt_protocol, LOOPBACK, chosen, 1.0)
@@ -439,18 +590,31 @@ def _start_one_broker(kind: BrokerKind, data_dir: Path, *, port: int | None, tim
                 log.info("port %d was taken before %s could bind it; trying another", chosen, kind)
                 continue
             raise
-        log.info("embedded %s broker on mqtt://%s:%d (MQTT %s)", kind, LOOPBACK, chosen, protocol)
-        return EmbeddedBroker(proc, lock, data_dir, chosen, log_path, kind=kind, protocol=protocol)
+        log.info("embedded %s broker on mqtt://%s:%d (MQTT %s%s)", kind, LOOPBACK, chosen,
+                 protocol, ", anonymous" if anonymous else ", authenticated")
+        if kind == "amqtt" and not anonymous:
+            log.warning("amqtt 0.12.1 ends a session when anyone connects with its client id, "
+                        "before it checks the newcomer's credentials: the engine's session is "
+                        "not safe from being cut off. Install Mosquitto for production use.")
+        return EmbeddedBroker(proc, lock, data_dir, chosen, log_path, kind=kind, protocol=protocol,
+                              anonymous=anonymous, tls=tls, tls_files=tls_files)
     raise AssertionError("unreachable")
 
 
 def start_broker(data_dir: Path, port: int | None = None, *, prefer: BrokerKind = "mosquitto",
-                 fallback: bool = True, timeout: float = 20.0) -> EmbeddedBroker:
+                 fallback: bool = True, timeout: float = 20.0, anonymous: bool = False,
+                 tls: TlsListener | None = None,
+                 settings: Mapping[str, str] | None = None) -> EmbeddedBroker:
     """Start an MQTT broker on 127.0.0.1 keeping its state in ``data_dir``; ready when returned.
 
     Mosquitto (tuned, persistent) unless it is missing or fails, then amqtt; ``prefer="amqtt"``
     tries amqtt first, and ``fallback=False`` tries only the preferred one. ``port=None`` picks
-    a free port. Raises EmbeddedError saying what to install when none starts.
+    a free port. ``settings`` overrides Mosquitto settings (see ``mosquitto_config``). Raises
+    EmbeddedError saying what to install when none starts.
+
+    Clients authenticate against the password and ACL files in ``data_dir`` (empty until
+    :func:`write_access_files` fills them: nobody may connect); ``anonymous=True`` lets anyone
+    in, for tests and benchmarks only. ``tls`` adds a TLS listener (see :class:`TlsListener`).
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -458,6 +622,14 @@ def start_broker(data_dir: Path, port: int | None = None, *, prefer: BrokerKind 
     try:
         _stop_orphan(data_dir / "broker.pid", str(data_dir), (signal.SIGTERM, signal.SIGKILL))
         account = _service_account()
+        if not anonymous:
+            _ensure_access_files(data_dir)
+        tls_files = None
+        if tls is not None:
+            from citywatch.tls import ensure_tls_files
+
+            tls_files = ensure_tls_files(data_dir / "tls", tls.host,
+                                         None if account is None else (account.uid, account.gid))
         other: BrokerKind = "amqtt" if prefer == "mosquitto" else "mosquitto"
         order = [prefer, other] if fallback else [prefer]
         failures = []
@@ -470,7 +642,8 @@ def start_broker(data_dir: Path, port: int | None = None, *, prefer: BrokerKind 
                 continue
             try:
                 return _start_one_broker(kind, data_dir, port=port, timeout=timeout,
-                                         account=account, lock=lock)
+                                         account=account, lock=lock, anonymous=anonymous,
+                                         tls=tls, tls_files=tls_files, settings=settings)
             except EmbeddedError as exc:
                 log.warning("embedded %s broker failed to start: %s", kind, exc)
                 failures.append(f"{kind}: {exc}")
@@ -517,23 +690,87 @@ def _run(cmd: Sequence[str], log_path: Path, account: _Account | None, what: str
                             f"{_log_tail(log_path)}{hint}")
 
 
-def _initdb(bin_dir: Path, pgdata: Path, account: _Account | None, log_path: Path) -> None:
+# The embedded cluster's roles: the superuser (cluster administration only), the owner of the
+# database (runs the migrations) and the service (what `citywatch run` and `serve` connect as).
+SUPERUSER = "postgres"
+OWNER_ROLE = "citywatch_owner"
+SERVICE_ROLE = "citywatch_service"
+PASSWORDS_FILE = "passwords.json"  # in the database's data directory, 0600, for us only
+
+
+def _passwords(data_dir: Path) -> dict[str, str]:
+    """The roles' generated passwords, made on first use and kept in a 0600 file of ours."""
+    path = data_dir / PASSWORDS_FILE
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        found = {}
+    roles = (SUPERUSER, OWNER_ROLE, SERVICE_ROLE)
+    if isinstance(found, dict) and all(isinstance(found.get(r), str) for r in roles):
+        return {r: str(found[r]) for r in roles}
+    made = {r: secrets.token_urlsafe(24) for r in roles}
+    if isinstance(found, dict):  # keep any that exist: the cluster may already use them
+        made.update({r: v for r, v in found.items() if r in roles and isinstance(v, str)})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(made, out, indent=2)
+    os.replace(tmp, path)
+    return made
+
+
+def _initdb(bin_dir: Path, pgdata: Path, account: _Account | None, log_path: Path,
+            password: str) -> None:
     """Create the cluster in a scratch directory and rename it into place when complete, so an
-    interrupted initdb never leaves a half-made cluster that the next start would trip over."""
+    interrupted initdb never leaves a half-made cluster that the next start would trip over.
+    The superuser gets ``password``; every connection must give a password (scram-sha-256)."""
     scratch = pgdata.with_name(pgdata.name + ".initdb")
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(mode=0o700)
     _hand_over(scratch, account)
+    pwfile = pgdata.with_name(".initdb-password")
+    pwfile.unlink(missing_ok=True)
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(password + "\n")
+        if account is not None:
+            os.fchown(out.fileno(), account.uid, account.gid)
     log.info("creating the embedded PostgreSQL cluster in %s", pgdata)
-    _run([str(bin_dir / "initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust",
-          "--encoding=UTF8", "--no-locale", "--no-instructions"],
-         log_path, account, "initdb", timeout=300)
+    try:
+        _run([str(bin_dir / "initdb"), "-D", str(scratch), "-U", SUPERUSER,
+              "--auth=scram-sha-256", f"--pwfile={pwfile}",
+              "--encoding=UTF8", "--no-locale", "--no-instructions"],
+             log_path, account, "initdb", timeout=300)
+    finally:
+        pwfile.unlink(missing_ok=True)
     scratch.rename(pgdata)
 
 
+def _require_password_auth(pgdata: Path) -> bool:
+    """Turn ``trust`` lines of a cluster made by an older citywatch into scram-sha-256; True if
+    pg_hba.conf changed (the server must reload it)."""
+    hba = pgdata / "pg_hba.conf"
+    text = hba.read_text(encoding="utf-8")
+    lines = []
+    for line in text.splitlines(keepends=True):
+        words = line.split()
+        trusted = words and not words[0].startswith("#") and words[-1] == "trust"
+        lines.append(line.replace("trust", "scram-sha-256") if trusted else line)
+    new = "".join(lines)
+    if new == text:
+        return False
+    with hba.open("w", encoding="utf-8") as out:  # in place: keeps its owner and mode
+        out.write(new)
+    log.warning("the embedded PostgreSQL trusted every local connection; it now asks for a "
+                "password (%s)", hba)
+    return True
+
+
 class EmbeddedDatabase(_Service):
-    """A PostgreSQL server we started: ``url`` (a libpq URI), ``stop()``."""
+    """A PostgreSQL server we started: ``url`` (the service role's libpq URI), ``owner_url``
+    (the role that owns the schema and runs migrations), ``superuser_url``, ``stop()``."""
 
     # Fast shutdown (SIGINT: roll back, checkpoint), then immediate (SIGQUIT) before SIGKILL,
     # which would leave the server's own children behind.
@@ -541,37 +778,121 @@ class EmbeddedDatabase(_Service):
     _grace_s = 30.0
 
     def __init__(self, proc: subprocess.Popen[bytes], lock: _DirLock, data_dir: Path, port: int,
-                 log_path: Path, *, database: str) -> None:
+                 log_path: Path, *, database: str, passwords: dict[str, str]) -> None:
         super().__init__(proc, lock, data_dir, port, log_path)
         self.database = database
+        self._passwords = passwords
+
+    def role_url(self, role: str, database: str | None = None) -> str:
+        return _url(role, self._passwords[role], self.port, database or self.database)
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@{LOOPBACK}:{self.port}/{self.database}"
+        return self.role_url(SERVICE_ROLE)
+
+    @property
+    def owner_url(self) -> str:
+        return self.role_url(OWNER_ROLE)
+
+    @property
+    def superuser_url(self) -> str:
+        return self.role_url(SUPERUSER, "postgres")
 
     def __repr__(self) -> str:
-        return f"EmbeddedDatabase(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+        return (f"EmbeddedDatabase(port={self.port}, database={self.database!r}, "
+                f"data_dir={str(self.data_dir)!r})")
 
 
-def _accepts(port: int) -> bool | None:
+def _url(role: str, password: str, port: int, database: str) -> str:
+    return f"postgresql://{role}:{password}@{LOOPBACK}:{port}/{database}"
+
+
+def _accepts(port: int, password: str) -> bool | None:
     try:
-        with psycopg.connect(host=LOOPBACK, port=port, user="postgres", dbname="postgres",
-                             connect_timeout=2):
+        with psycopg.connect(host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres",
+                             password=password, connect_timeout=2):
             return True
     except psycopg.OperationalError:
         return None
 
 
-def _ensure_database(port: int, name: str) -> None:
+def _provision(port: int, name: str, passwords: dict[str, str]) -> None:
+    """The roles, the database and the service role's privileges; safe at every start.
+
+    The owner role owns the database and its ``public`` schema and runs the migrations; the
+    service role may connect, use the schema, read and write the rows of its tables and use its
+    sequences, and nothing else: no DDL, no TRUNCATE, no roles or databases, no other database.
+    """
+    q = sql.SQL
     try:
-        with psycopg.connect(host=LOOPBACK, port=port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
-            query = "select 1 from pg_database where datname = %s"
-            if conn.execute(query, (name,)).fetchone() is None:
-                conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        with psycopg.connect(host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres",
+                             password=passwords[SUPERUSER], autocommit=True) as conn:
+            conn.execute(q("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(SUPERUSER), sql.Literal(passwords[SUPERUSER])))
+            for role in (OWNER_ROLE, SERVICE_ROLE):
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                      (role,)).fetchone()
+                verb = q("ALTER") if exists else q("CREATE")
+                conn.execute(q("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                               "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(
+                    verb, sql.Identifier(role), sql.Literal(passwords[role])))
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (name,)).fetchone() is None:
+                conn.execute(q("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(OWNER_ROLE)))
                 log.info("created database %s", name)
+            else:
+                conn.execute(q("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(name), sql.Identifier(OWNER_ROLE)))
+            # No other database is open to the service roles (template1 and postgres are
+            # open to PUBLIC by default).
+            for other in ("postgres", "template1"):
+                conn.execute(q("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(other)))
+        with psycopg.connect(host=LOOPBACK, port=port, user=SUPERUSER, dbname=name,
+                             password=passwords[SUPERUSER], autocommit=True) as conn:
+            _grant(conn, name)
     except psycopg.Error as exc:
-        raise EmbeddedError(f"could not create database {name!r}: {exc}") from exc
+        raise EmbeddedError(f"could not prepare database {name!r} and its roles: {exc}") from exc
+
+
+def _reload_config(port: int, password: str) -> None:
+    try:
+        with psycopg.connect(host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres",
+                             password=password, autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+    except psycopg.Error as exc:
+        raise EmbeddedError(f"could not make PostgreSQL reload pg_hba.conf: {exc}") from exc
+
+
+def _grant(conn: psycopg.Connection[Any], name: str) -> None:
+    q, ident = sql.SQL, sql.Identifier
+    owner, service = ident(OWNER_ROLE), ident(SERVICE_ROLE)
+    with conn.transaction():
+        conn.execute(q("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident(name)))
+        conn.execute(q("GRANT CONNECT ON DATABASE {} TO {}").format(ident(name), service))
+        conn.execute(q("ALTER SCHEMA public OWNER TO {}").format(owner))
+        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        conn.execute(q("GRANT USAGE ON SCHEMA public TO {}").format(service))
+        # A cluster made by an older citywatch: the superuser made the tables. Hand them over.
+        rows = conn.execute(
+            "SELECT c.relkind, c.relname FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN "
+            "('r', 'p', 'v', 'm', 'S') AND pg_get_userbyid(c.relowner) <> %s "
+            "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid "
+            "AND d.deptype IN ('a', 'i'))", (OWNER_ROLE,)).fetchall()
+        what = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW",
+                "S": "SEQUENCE"}
+        for kind, rel in rows:
+            conn.execute(q("ALTER {} public.{} OWNER TO {}").format(
+                q(what[kind]), ident(rel), owner))
+        for objects, privileges in (("TABLES", "SELECT, INSERT, UPDATE, DELETE"),
+                                    ("SEQUENCES", "USAGE, SELECT, UPDATE")):
+            conn.execute(q("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                           "GRANT {} ON {} TO {}").format(owner, q(privileges), q(objects),
+                                                         service))
+            conn.execute(q("GRANT {} ON ALL {} IN SCHEMA public TO {}").format(
+                q(privileges), q(objects), service))
 
 
 def start_database(data_dir: Path, port: int | None = None, *, database: str = "citywatch",
@@ -579,7 +900,9 @@ def start_database(data_dir: Path, port: int | None = None, *, database: str = "
     """Start PostgreSQL on 127.0.0.1 with its cluster in ``data_dir/pgdata``; ready when returned.
 
     The cluster is created on the first start and reused afterwards; ``database`` is created when
-    missing. ``port=None`` picks a free port. Connections from loopback are trusted.
+    missing. ``port=None`` picks a free port. Every connection needs a password (scram-sha-256);
+    the roles' passwords are generated and kept in ``data_dir/passwords.json`` (0600): see
+    :class:`EmbeddedDatabase` for the roles.
     """
     bin_dir = _postgres_bin()
     data_dir = Path(data_dir).resolve()
@@ -593,8 +916,9 @@ def start_database(data_dir: Path, port: int | None = None, *, database: str = "
         account = _service_account()
         _make_reachable(data_dir, account)
         _make_reachable(bin_dir, account)
+        passwords = _passwords(data_dir)
         if not (pgdata / "PG_VERSION").exists():
-            _initdb(bin_dir, pgdata, account, data_dir / "initdb.log")
+            _initdb(bin_dir, pgdata, account, data_dir / "initdb.log", passwords[SUPERUSER])
         _hand_over(pgdata, account)
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             chosen = port if port is not None else free_port()
@@ -603,9 +927,14 @@ def start_database(data_dir: Path, port: int | None = None, *, database: str = "
             proc = _spawn([str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(chosen),
                            "-h", LOOPBACK, "-k", ""], log_path, account)
             try:
-                probe = functools.partial(_accepts, chosen)
+                probe = functools.partial(_accepts, chosen, passwords[SUPERUSER])
                 _wait_until(proc, probe, timeout, "PostgreSQL", log_path)
-                _ensure_database(chosen, database)
+                # A cluster made by an older citywatch trusted every local connection: that
+                # let us in once more to give its superuser a password (in _provision); now
+                # pg_hba.conf asks for passwords, and the reload applies it.
+                _provision(chosen, database, passwords)
+                if _require_password_auth(pgdata):
+                    _reload_config(chosen, passwords[SUPERUSER])
             except EmbeddedError:
                 _end(proc, EmbeddedDatabase._stop_signals, 10)
                 in_use = "in use" in _log_tail(log_path, 10).lower()
@@ -615,8 +944,25 @@ def start_database(data_dir: Path, port: int | None = None, *, database: str = "
                     continue
                 raise
             log.info("embedded PostgreSQL on %s:%d, data in %s", LOOPBACK, chosen, pgdata)
-            return EmbeddedDatabase(proc, lock, data_dir, chosen, log_path, database=database)
+            return EmbeddedDatabase(proc, lock, data_dir, chosen, log_path, database=database,
+                                    passwords=passwords)
         raise AssertionError("unreachable")
     except BaseException:
         lock.release()
         raise
+
+
+def running_database(data_dir: Path, database: str = "citywatch") -> tuple[str, str] | None:
+    """(service URL, owner URL) of the embedded PostgreSQL that another process (``citywatch
+    run``) is running from ``data_dir``, or None when none runs there."""
+    data_dir = Path(data_dir).resolve()
+    try:
+        lines = (data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _pid_alive(pid, str(data_dir / "pgdata")):
+        return None
+    passwords = _passwords(data_dir)
+    return (_url(SERVICE_ROLE, passwords[SERVICE_ROLE], port, database),
+            _url(OWNER_ROLE, passwords[OWNER_ROLE], port, database))

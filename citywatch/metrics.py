@@ -37,6 +37,40 @@ class Metrics:
                               ["action"], registry=r)
         self.queue_depth = Gauge("citywatch_ingest_queue", "messages waiting to be stored",
                                  registry=r)
+        self.ticks = Counter("citywatch_rule_ticks", "the rules moved on the server's clock: "
+                             "ran, skipped (a backlog draining) or failed (database)",
+                             ["outcome"], registry=r)
+        self.clock_corrected = Gauge("citywatch_devices_clock_corrected",
+                                     "devices whose clocks are off: readings stored as sent, "
+                                     "evaluated on the server's timeline", registry=r)
+        self.clock_corrections = Counter("citywatch_device_clock_corrections",
+                                         "times a device's clock correction started or changed",
+                                         registry=r)
+        self.queue_bytes = Gauge("citywatch_ingest_queue_bytes",
+                                 "bytes (payload and topic) of the messages waiting to be stored",
+                                 registry=r)
+        self.ingest_dropped = Counter("citywatch_ingest_dropped",
+                                      "messages dropped before storage (QoS 0 beyond the ingest "
+                                      "queue's budget)", ["reason"], registry=r)
+        self.ingest_backpressure = Counter("citywatch_ingest_backpressure",
+                                           "times the ingest queue was full and reading from the "
+                                           "broker paused (QoS 1 and 2 wait, never drop)",
+                                           registry=r)
+        self.worker_restarts = Counter("citywatch_worker_restarts",
+                                       "worker threads restarted after an unexpected error",
+                                       ["worker"], registry=r)
+        self.worker_alive = Gauge("citywatch_worker_alive", "1 while the worker thread runs",
+                                  ["worker"], registry=r)
+        self.broker_dropped = Gauge("citywatch_broker_messages_dropped",
+                                    "the broker's count of messages it dropped for full client "
+                                    "queues ($SYS; since the broker started)", registry=r)
+        self.broker_stored = Gauge("citywatch_broker_store",
+                                   "messages held in the broker's store: queued, in flight and "
+                                   "retained ($SYS)", ["unit"], registry=r)
+        self.broker_clients = Gauge("citywatch_broker_clients",
+                                    "clients of the broker by state ($SYS); disconnected "
+                                    "persistent sessions are the ones whose queues fill",
+                                    ["state"], registry=r)
 
     def total(self, counter: Counter) -> int:
         return int(sum(s.value for m in counter.collect() for s in m.samples

@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,15 +20,24 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg_pool import ConnectionPool
 
+from alerts import retention as alert_retention
 from alerts import store as alert_store
-from alerts.api import ApiDeps, create_app
+from alerts import users
+from alerts.api import ApiDeps, WebSettings, create_app
+from alerts.auth import LoginLimits
 from alerts.dispatch import OutboxPublisher
+from alerts.http_guard import default_hosts
 from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
+from citywatch import liveness
+from citywatch.broker_stats import SYS_TOPICS, BrokerStats
+from citywatch.clocks import ClockParams
 from citywatch.config import Config
+from citywatch.ingest_queue import IngestQueue
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
 from citywatch.placement import Placement
+from citywatch.supervisor import Supervisor, Worker
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from geo.zones import Zone
@@ -76,7 +85,9 @@ def build_alert_store(cfg: Config, zones: Sequence[Zone]) -> tuple[AlertStore, W
     policy = Policy.from_minutes({str(k): v for k, v in wo.respond_within_min.items()},
                                  {str(k): v for k, v in wo.resolve_within_min.items()},
                                  wo.reopen_window_min, wo.dispatch_retry_s,
-                                 wo.dispatch_attempts)
+                                 wo.dispatch_attempts, evidence_keep_first=wo.evidence_keep_first,
+                                 evidence_keep_last=wo.evidence_keep_last,
+                                 history_repeats_max=wo.history_repeats_max)
     first_team: dict[str, str] = {}
     for t in cfg.teams:
         first_team.setdefault(t.department, t.id)
@@ -89,25 +100,72 @@ def build_alert_store(cfg: Config, zones: Sequence[Zone]) -> tuple[AlertStore, W
     return AlertStore(zone_map, route, policy, offices, workers.nearest), workers
 
 
+def web_settings(cfg: Config) -> WebSettings:
+    """HTTP hygiene and login limits from ``http:`` and ``auth:``."""
+    http, auth = cfg.http, cfg.auth
+    return WebSettings(
+        allowed_hosts=frozenset(http.allowed_hosts) if http.allowed_hosts
+        else default_hosts(http.host),
+        max_body_bytes=http.max_body_bytes, streams_total=http.streams_total,
+        streams_per_user=http.streams_per_user, pool_wait_s=http.pool_wait_s,
+        token_ttl=timedelta(minutes=auth.token_ttl_min),
+        session_ttl=timedelta(minutes=auth.session_ttl_min),
+        login_limits=LoginLimits(auth.login_attempts_per_address, auth.login_failures_per_user))
+
+
 @dataclass(frozen=True)
 class Endpoints:
     broker_url: str
     database_url: str
     broker_protocol: str = "5"
+    # The role that owns the schema, for the migrations at start (default: database_url): the
+    # running service then needs only to read and write rows.
+    database_owner_url: str | None = None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Service:
-    """Start with ``start()``, stop with ``stop()``; ``url`` is the HTTP base once started."""
+    """Start with ``start()``, stop with ``stop()``; ``url`` is the HTTP base once started.
+
+    Time. ``clock`` (default: the system clock, UTC) is the server's clock for everything the
+    service decides: when a batch was received, how far the rules move when no reading arrives,
+    deadlines and re-dispatches, presence, team answers. Readings keep their own ``ts`` (event
+    time); a device whose clock is off is evaluated on this clock's timeline.
+
+    For tests: pass a clock you control and call ``tick()`` to move the rules at once, as the
+    scheduled job does every ``clocks.tick_every_s``. Twenty minutes of silence, for example::
+
+        clock = ShiftedClock()                  # tests/fix_clock.py: now + an offset
+        svc = Service(cfg, endpoints, http_port=0, clock=clock)
+        ...                                     # readings stamped with clock(), then stored
+        clock.advance(timedelta(minutes=20))
+        assert svc.tick()                       # devices silent, zones "unknown"
+
+    ``tick()`` returns False when it did not run: messages queued or in flight, a backlog
+    older than ``clocks.allowance_s`` still draining (its readings move event time), or the
+    database refused (nothing adopted; the next tick tries again). ``check_deadlines()`` runs
+    the deadline job at once, likewise.
+    """
 
     def __init__(self, config: Config, endpoints: Endpoints, http_port: int | None = None,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None,
+                 clock: Callable[[], datetime] = _utc_now) -> None:
         self.config = config
+        self._clock = clock
         self.endpoints = endpoints
         self._http_port = config.http.port if http_port is None else http_port
         self._client_id = client_id or config.broker.client_id
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._supervisor = Supervisor(self._stop, on_change=self._worker_changed)
+        self._restarts_counted: dict[str, int] = {}
+        self.broker_stats = BrokerStats(self.metrics)
+        self._seen_lock = threading.Lock()
+        self._seen = {"qos0_dropped": liveness.Counter(), "internal_error": liveness.Counter()}
         self._server: uvicorn.Server | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -120,13 +178,14 @@ class Service:
         zones = load_zones(cfg.zones_path)
         placement = build_placement(cfg, zones)
         db = self.endpoints.database_url
-        with psycopg.connect(db, autocommit=True) as conn:
+        with psycopg.connect(self.endpoints.database_owner_url or db, autocommit=True) as conn:
             mode = sensing_store.migrate(conn, retention_days=cfg.database.retention_days)
             self.storage_mode = (f"timescaledb {mode.timescaledb_version}"
                                  if mode.backend == "timescaledb" else "postgresql")
             for step in mode.degraded:
                 log.warning("TimescaleDB feature unavailable: %s", step)
             alert_store.migrate(conn)
+            users.migrate(conn)
             sensing_store.upsert_devices(conn, [
                 sensing_store.DeviceSpec(d.id, d.kind, d.position,
                                          placement.device_zones(d.id))
@@ -142,7 +201,10 @@ class Service:
             self.endpoints.broker_url, self._client_id, SUBSCRIPTIONS, self._on_message,
             protocol=self.endpoints.broker_protocol,
             session_expiry_s=cfg.broker.session_expiry_s,
-            receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s)
+            receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s,
+            monitor=tuple(SYS_TOPICS), on_monitor=self.broker_stats.update,
+            ca_file=None if cfg.ca_path is None else str(cfg.ca_path),
+            on_session=self._on_session)
         self._outbox = OutboxPublisher(
             db, self._link.publish, self._link.connected.is_set,
             on_sent=lambda topic, _id: self.metrics.published.labels(
@@ -152,28 +214,46 @@ class Service:
             state=state, placement=placement, alert_store=self.alert_store,
             ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
             metrics=self.metrics, batch_max=cfg.database.batch_max,
-            batch_wait_s=cfg.database.batch_wait_ms / 1000, workers=self.workers)
-        self._spawn("pipeline", self.pipeline.run)
+            batch_wait_s=cfg.database.batch_wait_ms / 1000, workers=self.workers,
+            clock=self._clock, clock_params=ClockParams(
+                timedelta(seconds=cfg.clocks.skew_tolerance_s),
+                timedelta(seconds=cfg.clocks.skew_confirm_s)),
+            ingest_queue=IngestQueue.for_receive_maximum(cfg.broker.receive_maximum))
+        self._spawn("ingest", self.pipeline.run)
         self._spawn("outbox", self._outbox.run)
         self._link.start()
         self._start_jobs()
         self._start_http(zones)
 
     def _spawn(self, name: str, target: Any) -> None:
-        t = threading.Thread(target=target, args=(self._stop,), name=f"citywatch-{name}",
-                             daemon=True)
-        t.start()
-        self._threads.append(t)
+        worker = self._supervisor.spawn(name, target)  # restarted with back-off if it fails
+        assert worker.thread is not None
+        self._threads.append(worker.thread)
+
+    def _worker_changed(self, worker: Worker) -> None:
+        self.metrics.worker_alive.labels(worker.name).set(1 if worker.running else 0)
+        counted = self._restarts_counted.get(worker.name, 0)
+        self.metrics.worker_restarts.labels(worker.name).inc(worker.restarts - counted)
+        self._restarts_counted[worker.name] = worker.restarts
+
+    def _on_session(self, session: int, kept: bool) -> None:
+        # paho's thread, on every (re)connect, before the new connection's messages arrive.
+        if kept and session > 1:
+            dropped = self.pipeline.ingest_queue.drop_stale(session)
+            if dropped:
+                log.info("reconnected: %d queued messages from the old connection dropped; the "
+                         "broker resends them", dropped)
 
     def _on_message(self, message: Any) -> None:
         self.pipeline.submit(message)
 
     def _dead_letter(self, rej: Rejection) -> None:
-        log.warning("rejected %s from device %s: %s (%s)", rej.topic, rej.device_id or "?",
+        # %r: a refused topic is as the device sent it, control characters included.
+        log.warning("rejected %r from device %s: %s (%s)", rej.topic, rej.device_id or "?",
                     rej.reason, rej.detail)
         body = {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
                 "payload": rej.payload[:4096].decode("utf-8", "replace"),
-                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+                "ts": self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")}
         self._link.publish(deadletter_topic(rej.kind, rej.device_id),
                            json.dumps(body, ensure_ascii=True), 1, False)
 
@@ -183,7 +263,7 @@ class Service:
         sched = BackgroundScheduler(timezone=UTC)
 
         def silence() -> None:
-            cutoff = datetime.now(UTC) - timedelta(seconds=cfg.presence.silence_timeout_s)
+            cutoff = self._clock() - timedelta(seconds=cfg.presence.silence_timeout_s)
             try:
                 with psycopg.connect(db, autocommit=True) as conn:
                     gone = sensing_store.mark_silent_offline(conn, cutoff)
@@ -199,43 +279,62 @@ class Service:
             try:
                 with psycopg.connect(db, autocommit=True) as conn:
                     sensing_store.apply_retention(conn, cfg.database.retention_days,
-                                                  datetime.now(UTC))
+                                                  self._clock())
             except psycopg.OperationalError as exc:
                 log.warning("retention skipped: database unavailable (%s)", exc)
 
         def nudge_outbox() -> None:
             self._outbox.notify()
 
-        def deadlines() -> None:
-            try:
-                with psycopg.connect(db) as conn:
-                    applied = self.alert_store.check(conn, datetime.now(UTC))
-                record_applied(self.metrics, applied)
-                if applied.changed:
-                    self._outbox.notify()
-            except psycopg.OperationalError as exc:
-                log.warning("deadline check skipped: database unavailable (%s)", exc)
-
         sched.add_job(silence, "interval", seconds=15, id="presence", coalesce=True)
         sched.add_job(retention, "interval", hours=6, id="retention", coalesce=True,
                       next_run_time=datetime.now(UTC) + timedelta(seconds=30))
         sched.add_job(nudge_outbox, "interval", seconds=2, id="outbox", coalesce=True)
-        sched.add_job(deadlines, "interval", seconds=cfg.work_orders.check_every_s,
+        keep = alert_retention.Retention(cfg.database.outbox_keep_days, cfg.work_orders.keep_days)
+        sched.add_job(lambda: alert_retention.run(db, keep, self._clock()), "interval",
+                      hours=6, id="alert-retention", coalesce=True, max_instances=1,
+                      next_run_time=datetime.now(UTC) + timedelta(seconds=45))
+        sched.add_job(self.check_deadlines, "interval", seconds=cfg.work_orders.check_every_s,
                       id="deadlines", coalesce=True, max_instances=1)
+        sched.add_job(self.tick, "interval", seconds=cfg.clocks.tick_every_s, id="tick",
+                      coalesce=True, max_instances=1)
         sched.start()
         self._scheduler = sched
 
+    def tick(self) -> bool:
+        """Move the rules to the service clock less ``clocks.allowance_s`` (see the class
+        docstring); True if it ran."""
+        return self.pipeline.tick(timedelta(seconds=self.config.clocks.allowance_s))
+
+    def check_deadlines(self) -> None:
+        """Escalate overdue work orders and repeat unanswered dispatches, at the service clock."""
+        try:
+            with psycopg.connect(self.endpoints.database_url) as conn:
+                applied = self.alert_store.check(conn, self._clock())
+            record_applied(self.metrics, applied)
+            if applied.changed:
+                self._outbox.notify()
+        except psycopg.OperationalError as exc:
+            log.warning("deadline check skipped: database unavailable (%s)", exc)
+
     def _start_http(self, zones: list[Any]) -> None:
-        self._pool = ConnectionPool(self.endpoints.database_url, min_size=1, max_size=4,
-                                    open=True, kwargs={"autocommit": True})
+        http = self.config.http
+        # Every request checks its login in the database: a connection the server dropped
+        # (a restart) is replaced when it is taken, not discovered by a request's 503.
+        self._pool = ConnectionPool(self.endpoints.database_url, min_size=1,
+                                    max_size=http.pool_size, open=True,
+                                    kwargs={"autocommit": True},
+                                    check=ConnectionPool.check_connection)
         deps = ApiDeps(pool=self._pool, zones=zones, list_devices=_device_features,
                        health=self.health, registry=self.metrics.registry,
-                       clock=lambda: datetime.now(UTC), static_dir=STATIC_DIR,
+                       clock=self._clock, static_dir=STATIC_DIR,
                        team_ids=frozenset(t.id for t in self.config.teams),
                        alert_store=self.alert_store,
                        thresholds=self.config.rules.model_dump(mode="json"),
                        departments={d.id: d.name for d in self.config.departments},
-                       zone_risk=self.zone_risk)
+                       zone_risk=self.zone_risk,
+                       team_departments={t.id: t.department for t in self.config.teams},
+                       web=web_settings(self.config))
         app = create_app(deps)
         config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,
                                 log_level="warning", access_log=False)
@@ -263,6 +362,9 @@ class Service:
             self._scheduler.shutdown(wait=False)
         for t in self._threads:
             t.join(timeout=5)
+        # paho's thread may be waiting for room in the ingest queue (back-pressure) with the
+        # worker gone: release it, or stopping the link would wait for ever.
+        self.pipeline.ingest_queue.close()
         self._link.stop()
 
     def zone_risk(self) -> dict[str, dict[str, str | int]]:
@@ -283,7 +385,7 @@ class Service:
         except (psycopg.Error, AssertionError, Exception):  # health must answer, whatever fails
             db_ok = False
         broker_ok = self._link.connected.is_set()
-        return {
+        body = {
             "status": "ok" if (db_ok and broker_ok) else "degraded",
             "broker": {"connected": broker_ok, "url": _redact(self.endpoints.broker_url)},
             "database": {"connected": db_ok, "storage": self.storage_mode},
@@ -294,7 +396,68 @@ class Service:
             "rejected_by_reason": dict(c.rejected_by_reason),
             "rules": asdict(self.pipeline.state.counts),
             "faulty_devices": sorted(self._engine.faulty_devices(self.pipeline.state)),
+            "clocks": self._clocks_health(),
         }
+        self._add_liveness(body)
+        return body
+
+    def _clocks_health(self) -> dict[str, Any]:
+        """The rules' event time against the server's, and the devices whose clocks are off."""
+        p = self.pipeline
+        rules = p.state.clock
+        return {
+            "server": _iso(self._clock()),
+            "rules": None if rules is None else _iso(rules),
+            "fleet_lag_s": round(p.clocks.fleet_lag.total_seconds(), 3),
+            "corrected": {d: {"offset_s": round(c.offset.total_seconds(), 3),
+                              "since": None if c.since is None else _iso(c.since)}
+                          for d, c in p.clocks.corrected().items()},
+        }
+
+    def _add_liveness(self, body: dict[str, Any]) -> None:
+        """Workers, queues and warnings; status "failing" (HTTP 503) when the pipeline is stuck."""
+        now = time.monotonic()
+        hc = self.config.health
+        w = self._supervisor.workers
+        verdict = liveness.judge({
+            "ingest": liveness.WorkerState(w["ingest"].alive, w["ingest"].restarts,
+                                           self.pipeline.waiting_since(),
+                                           self.pipeline.last_progress),
+            "outbox": liveness.WorkerState(w["outbox"].alive, w["outbox"].restarts,
+                                           self._outbox.waiting_since,
+                                           self._outbox.last_progress),
+        }, now, hc.stuck_after_s)
+        broker = self.broker_stats.snapshot()
+        q = self.pipeline.ingest_queue
+        with self._seen_lock:
+            seen = self._seen = {
+                "qos0_dropped": self._seen["qos0_dropped"].seen(self.pipeline.dropped, now),
+                "internal_error": self._seen["internal_error"].seen(
+                    self.pipeline.counts.rejected_by_reason.get("internal_error", 0), now),
+            }
+        warnings = []
+        if liveness.recent_growth(self.broker_stats.dropped, now, hc.warn_for_s):
+            warnings.append(f"the broker dropped messages for a full client queue "
+                            f"({broker['dropped']} since it started; see its log for whose)")
+        if liveness.recent_growth(seen["qos0_dropped"], now, hc.warn_for_s):
+            warnings.append(f"ingest dropped {self.pipeline.dropped} QoS 0 messages beyond its "
+                            f"queue budget (devices should publish at QoS 1)")
+        if liveness.recent_growth(seen["internal_error"], now, hc.warn_for_s):
+            warnings.append(f"{seen['internal_error'].value} messages dead-lettered for an "
+                            f"internal error (a bug: see the log)")
+        body["workers"] = dict(verdict.workers)
+        body["ingest_queue"] = {
+            "messages": q.qsize(), "bytes": q.nbytes(),
+            "max_messages": q.reliable.messages + q.best_effort.messages,
+            "max_bytes": q.reliable.bytes + q.best_effort.bytes,
+            "qos0_dropped": self.pipeline.dropped, "paused_reading": q.blocked}
+        body["broker_queue"] = broker
+        body["problems"] = list(verdict.problems)
+        body["warnings"] = warnings
+        if verdict.failing:
+            body["status"] = "failing"
+        elif warnings and body["status"] == "ok":
+            body["status"] = "degraded"
 
 
 def _device_features(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -302,6 +465,10 @@ def _device_features(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
              "lat": d.position[1] if d.position else None, "zone_ids": d.zone_ids,
              "online": d.online, "last_seen": d.last_seen}
             for d in sensing_store.list_devices(conn)]
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _redact(url: str) -> str:

@@ -514,6 +514,9 @@ broker:
   url: embedded          # citywatch runs its own broker; or mqtt://user:pass@host:1883
 database:
   url: embedded          # citywatch runs its own PostgreSQL; or postgresql://user@host:5432/db
+  retention_days: 90     # telemetry, events and rejections older than this are dropped
+  outbox_keep_days: 7    # a published dispatch or zone state is deleted 7 days after it was sent;
+                         #   one not yet sent is never deleted
 http:
   host: 127.0.0.1
   port: 8080
@@ -610,17 +613,49 @@ rules:
     # alerts of an in-order run, at the cost of N seconds of delay.
     reorder_window_s: 0
 
-# Four levels: municipal, district, street (jiedao), grid.
+# Deadlines, re-dispatch and escalation keep their defaults (citywatch/config.py). What one
+# incident may grow, and how long finished work is kept:
+work_orders:
+  evidence_keep_first: 20     # an alert keeps its first 20 evidence entries (what raised it) and
+  evidence_keep_last: 80      #   its newest 80; those between are counted in evidence_dropped
+  history_repeats_max: 50     # repetitive system lines per order (report merged, dispatch repeated,
+                              #   level eased); later ones are counted in one summary line
+  # A resolved or closed order with its history and alerts is deleted 5 years after it was last
+  # touched: longer than the 3-year limitation period for damage claims (PRC Civil Code art. 188).
+  keep_days: 1830
+
+# The case study's 53 department offices on four levels: municipal, district, street (jiedao),
+# grid. Escalation takes the first office of the next level that answers for the zone, so the
+# order within a level matters: the general ones first.
 departments:
   - {id: sz-emergency, name: Suzhou Municipal Emergency Management Bureau, level: municipal}
   - {id: sz-fire-rescue, name: Suzhou Fire and Rescue Detachment, level: municipal}
+  - {id: sz-water-affairs, name: Suzhou Water Affairs Bureau, level: municipal}
+  - {id: sz-traffic-police, name: Suzhou Traffic Police Detachment, level: municipal}
+  - {id: sz-housing, name: Suzhou Housing and Urban-Rural Development Bureau, level: municipal}
+  - {id: sz-urban-mgmt, name: Suzhou Urban Management Bureau, level: municipal}
+  - {id: sz-transport, name: Suzhou Transport Bureau, level: municipal}
+  - {id: sz-meteorology, name: Suzhou Meteorological Bureau, level: municipal}
+  - {id: sz-big-data, name: Suzhou Big Data Administration, level: municipal}
   - {id: gusu-drainage, name: Gusu District Drainage Department, level: district}
   - {id: gusu-traffic, name: Gusu Traffic Police Brigade, level: district}
   - {id: gusu-urban-mgmt, name: Gusu District Urban Management Bureau, level: district}
   - {id: gusu-building, name: District Building Management Office, level: district}
   - {id: gusu-iot-maint, name: Gusu Urban IoT Operations and Maintenance Centre, level: district}
+  - {id: gusu-emergency, name: Gusu District Emergency Management Bureau, level: district}
+  - {id: gusu-fire, name: Gusu Fire and Rescue Brigade, level: district}
+  - {id: gusu-municipal-works, name: Gusu Municipal Facilities Management Office, level: district}
+  - {id: gusu-greening, name: Gusu Landscaping and Greening Management Office, level: district}
+  - {id: gusu-public-security, name: Gusu Public Security Branch, level: district}
+  - {id: gusu-heritage, name: Gusu Historic City Protection Office, level: district}
+  - {id: gusu-command, name: Gusu District City Operations Command Centre, level: district}
+  - {id: sip-emergency, name: SIP Emergency Management Bureau, level: district}
+  - {id: sip-planning, name: SIP Planning and Construction Committee, level: district}
+  - {id: sip-traffic, name: SIP Traffic Police Brigade, level: district}
+  - {id: sip-urban-mgmt, name: SIP Urban Management Bureau, level: district}
 {street_departments}
   - {id: gusu-grid-centre, name: Gusu District Grid Management Centre, level: grid}
+{grid_departments}
 
 teams:
   - {id: emergency-duty-1, name: Municipal emergency duty desk, department: sz-emergency}
@@ -632,8 +667,27 @@ teams:
   - {id: urban-mgmt-1, name: Urban management patrol (cordons), department: gusu-urban-mgmt}
   - {id: building-mgmt-1, name: Facade inspection team, department: gusu-building}
   - {id: iot-maint-1, name: Sensor maintenance crew, department: gusu-iot-maint}
+  - {id: water-affairs-1, name: Municipal flood control duty desk, department: sz-water-affairs}
+  - {id: traffic-detachment-1, name: Municipal traffic command desk, department: sz-traffic-police}
+  - {id: housing-safety-1, name: Municipal building safety inspectors, department: sz-housing}
+  - {id: city-urban-mgmt-1, name: Municipal urban management duty desk, department: sz-urban-mgmt}
+  - {id: transport-1, name: Public transport dispatch desk, department: sz-transport}
+  - {id: meteorology-1, name: Weather forecast duty desk, department: sz-meteorology}
+  - {id: big-data-1, name: City IoT platform operations desk, department: sz-big-data}
+  - {id: gusu-emergency-1, name: District emergency duty desk, department: gusu-emergency}
+  - {id: gusu-fire-1, name: Fire station (Pingjiang), department: gusu-fire}
+  - {id: municipal-works-1, name: Road and underpass crew, department: gusu-municipal-works}
+  - {id: greening-1, name: Tree and greening crew, department: gusu-greening}
+  - {id: police-patrol-1, name: Police patrol (Gusu branch), department: gusu-public-security}
+  - {id: heritage-1, name: Historic buildings inspectors, department: gusu-heritage}
+  - {id: command-desk-1, name: District command centre duty desk, department: gusu-command}
+  - {id: sip-emergency-1, name: SIP emergency duty desk, department: sip-emergency}
+  - {id: sip-building-1, name: CBD building safety team, department: sip-planning}
+  - {id: sip-traffic-1, name: SIP traffic police patrol, department: sip-traffic}
+  - {id: sip-urban-mgmt-1, name: SIP urban management patrol, department: sip-urban-mgmt}
 {street_teams}
   - {id: grid-centre-1, name: Grid centre dispatch desk, department: gusu-grid-centre}
+{grid_teams}
 
 # (hazard, zone type) -> department and team; every zone type that carries a hazard has a route.
 # The CBD fall zones go to the same building office: routing keys on zone type, not district.
@@ -676,20 +730,41 @@ KIND_NOTES = {
 }
 
 
+def _short(street_name: str) -> str:
+    """'Pingjiang Subdistrict (...)' -> 'Pingjiang'."""
+    return street_name.split(" (", maxsplit=1)[0].removesuffix(" Subdistrict")
+
+
 def config_text(zones: list[OutZone], devices: list[dict[str, Any]]) -> str:
     streets = [z for z in zones if z.type == "street"]
     street_depts = "\n".join(
         f"  - {{id: office-{s.id}, name: {s.name.split(' (')[0]} Office, level: street, "
         f"zone_id: {s.id}}}"
         for s in streets)
+    # A street's urban-management squadron answers for the street too, after its office.
+    street_depts += "\n" + "\n".join(
+        f"  - {{id: squadron-{s.id}, name: {_short(s.name)} Urban Management Squadron, "
+        f"level: street, zone_id: {s.id}}}" for s in streets)
     street_teams = "\n".join(
         f"  - {{id: street-{s.id}-1, name: {s.name.split(' (')[0]} duty team, "
         f"department: office-{s.id}}}" for s in streets)
+    street_teams += "\n" + "\n".join(
+        f"  - {{id: squadron-{s.id}-1, name: {_short(s.name)} urban management patrol, "
+        f"department: squadron-{s.id}}}" for s in streets)
+    # Grid workers report to their street's grid workstation, which the district centre leads.
+    grid_depts = "\n".join(
+        f"  - {{id: grid-{s.id}, name: {s.name.split(' (')[0]} Grid Workstation, level: grid, "
+        f"zone_id: {s.id}}}" for s in streets)
+    grid_teams = "\n".join(
+        f"  - {{id: grid-{s.id}-1, name: {_short(s.name)} grid workstation desk, "
+        f"department: grid-{s.id}}}" for s in streets)
     counts: dict[str, int] = {}
     for d in devices:
         counts[d["kind"]] = counts.get(d["kind"], 0) + 1
     head = (CONFIG_HEAD.replace("{street_departments}", street_depts)
             .replace("{street_teams}", street_teams)
+            .replace("{grid_departments}", grid_depts)
+            .replace("{grid_teams}", grid_teams)
             .replace("{n_devices}", str(len(devices)))
             .replace("{counts}", ", ".join(f"{v} {k}" for k, v in counts.items())))
     out = [head]

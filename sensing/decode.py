@@ -20,6 +20,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, cast
 
+from sensing.limits import MAX_PAYLOAD_BYTES
 from sensing.models import DispatchAck, Event, Position, Rejection, Status, Telemetry
 from sensing.topics import Topic, TopicError, is_kind, parse_dispatch_ack_topic
 
@@ -40,6 +41,7 @@ REASONS: Final = frozenset(
         "duplicate_key",
         "nan_or_infinity",
         "nul_character",
+        "control_character",  # an identifier holding a control character or escape sequence
         "too_deep",
         "missing_field",
         "wrong_type",
@@ -120,13 +122,60 @@ class Number:
         return cast(float | int, number)
 
 
+# ---- device text ---------------------------------------------------------------------------------
+
+# What no device text keeps: C0 controls, DEL, C1 controls (U+0080..U+009F, the 8-bit CSI among
+# them) and the non-characters U+FFFE and U+FFFF. XML 1.0 cannot hold most of them (a CAP document
+# carrying one cannot be built), and in logs, terminals and the console they are how escape
+# sequences get injected. NUL and lone surrogates never get this far (``_parse`` refuses them).
+_CONTROLS: Final = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff"
+_CONTROL_RE: Final = re.compile(f"[{_CONTROLS}\t\n\r]")
+# An escape sequence goes as a whole: dropping only ESC would leave "[31m" behind. CSI (ESC [ or
+# the 8-bit CSI, parameters, intermediates, a final byte), else ESC and the one character after.
+_ESCAPE_RE: Final = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?|\x1b[ -/]*[0-~]?")
+_DROP_RE: Final = re.compile(f"[{_CONTROLS}]+")
+_LINE_BREAKS_RE: Final = re.compile(r"[\t\n\r]+")
+
+TextForm = Literal["identifier", "label", "text"]
+
+
+def clean_text(value: str, form: TextForm) -> str:
+    """``value`` without escape sequences and control characters.
+
+    A ``label`` (a building's name) stays on one line: tabs and line breaks become one space. A
+    ``text`` (a worker's report) keeps tabs and line breaks, with CR LF and lone CR made LF, so
+    every consumer sees one kind of line end. An ``identifier`` is never cleaned: see :class:`Text`.
+    """
+    if not _CONTROL_RE.search(value):
+        return value  # nearly every string: one scan, no copy
+    value = _ESCAPE_RE.sub("", value)
+    if form == "text":
+        return _DROP_RE.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
+    return _LINE_BREAKS_RE.sub(" ", _DROP_RE.sub("", value)).strip()
+
+
 @dataclass(frozen=True, slots=True)
 class Text:
-    """A string of at most ``max_len`` characters; one of ``choices`` when given."""
+    """A string of at most ``max_len`` characters; one of ``choices`` when given.
+
+    ``form`` says what happens to control characters and escape sequences (see :func:`clean_text`),
+    decided per field by what a wrong value would cost:
+
+    - ``identifier`` (event_id, work_order_id): refused, reason ``control_character``. An id names
+      one thing; cleaning could turn two ids into one (the second event then dropped as a
+      redelivery, an ack applied to another order), and a device that garbles its own ids is
+      broken in a way an engineer must see.
+    - ``label`` (building_id): cleaned to one line. It is a name for people, riding on a safety
+      event: a falling object must raise its alert even when the label is garbled.
+    - ``text`` (a report's text, an ack's note): cleaned, line breaks kept.
+
+    Values with ``choices`` need none of this: only the exact listed strings pass.
+    """
 
     choices: frozenset[str] | None = None
     max_len: int = 4000
     min_len: int = 0
+    form: TextForm = "text"
 
     def check(self, value: Any, path: str) -> str:
         if not isinstance(value, str):
@@ -134,12 +183,28 @@ class Text:
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(sorted(self.choices))
             raise PayloadError("out_of_range", f"{path}: {_show(value)} is not one of {allowed}")
-        if not self.min_len <= len(value) <= self.max_len:
+        text: str = value
+        if self.form == "identifier":
+            bad = _CONTROL_RE.search(value)
+            if bad is not None:
+                raise PayloadError(
+                    "control_character",
+                    f"{path}: {_show(value)} has control character U+{ord(bad.group()):04X} "
+                    f"at {bad.start()}; an identifier must be printable",
+                )
+        elif self.choices is None:
+            text = clean_text(value, self.form)
+            if len(text) < self.min_len <= len(value):
+                raise PayloadError(
+                    "out_of_range",
+                    f"{path}: {_show(value)} is empty once its control characters are removed",
+                )
+        if not self.min_len <= len(text) <= self.max_len:
             raise PayloadError(
                 "out_of_range",
-                f"{path}: length {len(value)} is not in {self.min_len}..{self.max_len}",
+                f"{path}: length {len(text)} is not in {self.min_len}..{self.max_len}",
             )
-        return value
+        return text
 
 
 def check_position(value: Any, path: str) -> Position:
@@ -252,7 +317,7 @@ BUILTIN_KINDS: Final[Mapping[str, KindSpec]] = MappingProxyType(
                 "falling_object": EventSpec(
                     required={"confidence": _CONFIDENCE, "impact": Point()},
                     optional={
-                        "building_id": Text(max_len=ID_MAX_LEN, min_len=1),
+                        "building_id": Text(max_len=ID_MAX_LEN, min_len=1, form="label"),
                         # Negative for basements; 300 is above any building in the case study.
                         "floor": Number(-20, 300, integer=True),
                         "track": Track(),
@@ -478,9 +543,9 @@ def _parse_topic(topic: str) -> Topic:
 # ---- the decoder ---------------------------------------------------------------------------------
 
 _SEQ: Final = Number(0, SEQ_MAX, integer=True)
-_EVENT_ID: Final = Text(max_len=ID_MAX_LEN, min_len=1)
+_EVENT_ID: Final = Text(max_len=ID_MAX_LEN, min_len=1, form="identifier")
 _STATES: Final = Text(frozenset({"online", "offline"}))
-_ORDER_ID: Final = Text(max_len=64, min_len=1)
+_ORDER_ID: Final = Text(max_len=64, min_len=1, form="identifier")
 _ACK_STATUS: Final = Text(frozenset({"accepted", "on_site", "resolved", "rejected"}))
 _NOTE: Final = Text(max_len=2000)
 
@@ -492,6 +557,11 @@ class _Kind:
     values: Mapping[str, tuple[Number, str]]  # with the field's path, built once
     required_values: tuple[str, ...]
     events: Mapping[str, EventSpec]
+
+
+# Far enough for a device whose clock is a day ahead (stored as sent, evaluated on the server's
+# timeline: citywatch.clocks); a week ahead, or year 9999, is no clock error but garbage.
+MAX_FUTURE_S: Final = 2 * 86400
 
 
 class Decoder:
@@ -507,8 +577,8 @@ class Decoder:
         registry: Mapping[str, str],
         kinds: Mapping[str, KindSpec] = BUILTIN_KINDS,
         *,
-        max_bytes: int = 65536,
-        max_future_s: float = 300,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+        max_future_s: float = MAX_FUTURE_S,
         min_year: int = 2000,
         max_depth: int = 32,
     ) -> None:
@@ -688,6 +758,12 @@ class Decoder:
                 checked[name] = field_spec.check(value, name)
         confidence = checked.get("confidence")
         loc = checked.get(event_spec.loc_field) if event_spec.loc_field else None
+        # Cleaned text replaces what was sent, so the rules (which read the body), the store and
+        # the API all see one value. Fields without a spec ride along untouched: nothing reads
+        # them until the contract gives them a meaning, and then their spec cleans them.
+        cleaned = {k: v for k, v in checked.items() if isinstance(v, str) and v != obj[k]}
+        if cleaned:
+            obj = {**obj, **cleaned}
         return Event(
             t.device_id,
             t.kind,
@@ -697,8 +773,8 @@ class Decoder:
             etype,
             None if confidence is None else float(confidence),
             loc,
-            # The payload as received: every field is JSON-safe, so it can be stored as jsonb;
-            # unknown fields ride along for forward compatibility.
+            # The payload as received (text cleaned as above): every field is JSON-safe, so it
+            # can be stored as jsonb; unknown fields ride along for forward compatibility.
             obj,
         )
 

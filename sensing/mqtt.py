@@ -1,9 +1,13 @@
 """The paho adapter: paho ends here.
 
 The network-thread callback only wraps the message into an ``Inbound`` and hands it on; nothing
-slow runs there. Messages are acknowledged to the broker (MQTT 5 manual ack) only when the caller
+slow runs there (what the receiver does when its queue is full is its own documented choice).
+Messages are acknowledged to the broker (MQTT 5 manual ack) only when the caller
 says they are safely stored, so a crash between receipt and commit loses nothing: the broker keeps
 them in our persistent session and redelivers them.
+
+``monitor`` topics (the broker's ``$SYS`` counters) are subscribed at QoS 0 and handed to
+``on_monitor`` instead: they are the broker's own bookkeeping, not device messages, and need no ack.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from sensing.limits import ENGINE_MAX_PACKET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,9 @@ class Inbound:
     mid: int
     qos: int
     received: datetime
+    # Which connection delivered it (MqttLink.session): a packet id means something only on
+    # the connection that assigned it.
+    session: int = 0
 
 
 def no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
@@ -70,7 +79,11 @@ class MqttLink:
     def __init__(self, url: str, client_id: str, subscriptions: Sequence[str],
                  on_message: Callable[[Inbound], None], *, protocol: str = "5",
                  session_expiry_s: int = 86400, receive_maximum: int = 1000,
-                 keepalive_s: int = 30, manual_ack: bool = True) -> None:
+                 keepalive_s: int = 30, manual_ack: bool = True,
+                 max_packet_bytes: int = ENGINE_MAX_PACKET_BYTES, monitor: Sequence[str] = (),
+                 on_monitor: Callable[[str, bytes], None] | None = None,
+                 ca_file: str | None = None,
+                 on_session: Callable[[int, bool], None] | None = None) -> None:
         self.address = BrokerAddress.parse(url)
         self._subs = tuple(subscriptions)
         self._on_message = on_message
@@ -78,8 +91,13 @@ class MqttLink:
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
         self._keepalive = keepalive_s
+        self._max_packet_bytes = max_packet_bytes
+        self._monitor = tuple(monitor)
+        self._on_monitor = on_monitor
         self.connected = threading.Event()
         self.connects = 0
+        self.session = 0  # +1 on every connect; see ack
+        self._on_session = on_session
         self._stopping = False
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -89,7 +107,8 @@ class MqttLink:
         if self.address.username:
             self._client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            self._client.tls_set()
+            # ca_file: a private CA (the embedded broker's own); otherwise the system's CAs.
+            self._client.tls_set(ca_certs=ca_file)
         # Dispatches queued while the broker is away are kept and sent on reconnect.
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -98,15 +117,25 @@ class MqttLink:
         self._client.on_message = self._handle_message
         self._client.on_socket_open = no_delay
 
+    def connect_properties(self) -> Properties | None:
+        """MQTT 5 CONNECT properties: our session, and how much the broker may send us at once.
+
+        Receive Maximum bounds the QoS 1 messages in flight to us (unacknowledged); Maximum Packet
+        Size makes the broker hold back any packet larger than we accept. MQTT 3.1.1 has neither.
+        """
+        if not self._v5:
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry_s
+        props.ReceiveMaximum = self._receive_maximum
+        props.MaximumPacketSize = self._max_packet_bytes
+        return props
+
     def start(self) -> None:
-        props = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._session_expiry_s
-            props.ReceiveMaximum = self._receive_maximum
         self._client.connect_async(
             self.address.host, self.address.port, keepalive=self._keepalive,
-            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
+            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=self.connect_properties(),
         )
         self._client.loop_start()
 
@@ -115,26 +144,36 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def ack(self, mids: Sequence[tuple[int, int]]) -> None:
-        """Acknowledge (mid, qos) pairs, in the order received as MQTT requires."""
-        for mid, qos in mids:
-            if qos > 0:
-                self._client.ack(mid, qos)
+    def ack(self, messages: Sequence[Inbound]) -> None:
+        """Acknowledge stored messages, in the order received as MQTT requires.
+
+        Only those delivered on the current connection: after a reconnect the broker resends what
+        we had not acknowledged, with the same packet ids, and may give an id to another message
+        once the resent copy is acknowledged. Acknowledging an old copy then could acknowledge a
+        message we never stored. The old copy is stored all the same; its resent twin is found a
+        duplicate and acknowledged."""
+        current = self.session
+        for m in messages:
+            if m.qos > 0 and m.session == current:
+                self._client.ack(m.mid, m.qos)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1,
                 retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
-    def _handle_connect(self, client: mqtt.Client, _userdata: object, _flags: mqtt.ConnectFlags,
+    def _handle_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
                         reason: ReasonCode, _props: Properties | None) -> None:
         if reason.is_failure:
             log.error("broker %s:%s refused the connection: %s", self.address.host,
                       self.address.port, reason)
             return
         self.connects += 1
+        self.session += 1
+        if self._on_session is not None:
+            self._on_session(self.session, bool(flags.session_present))
         # Subscribing again is harmless with a persistent session and needed after it expired.
-        if self._subs:
-            client.subscribe([(t, 1) for t in self._subs])
+        if self._subs or self._monitor:
+            client.subscribe([(t, 1) for t in self._subs] + [(t, 0) for t in self._monitor])
         self.connected.set()
         log.info("connected to broker %s:%s", self.address.host, self.address.port)
 
@@ -147,5 +186,8 @@ class MqttLink:
 
     def _handle_message(self, _client: mqtt.Client, _userdata: object,
                         msg: mqtt.MQTTMessage) -> None:
+        if self._on_monitor is not None and msg.topic.startswith("$SYS/"):
+            self._on_monitor(msg.topic, bytes(msg.payload))
+            return
         self._on_message(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
-                                 datetime.now(UTC)))
+                                 datetime.now(UTC), self.session))

@@ -13,6 +13,13 @@
   devices ``online`` until the platform's silence timeout.
 
 Devices speak MQTT 3.1.1, as most field devices do (and the fallback broker, amqtt, too).
+
+With :class:`~simulators.credentials.FleetCredentials` (a broker that authenticates, CONTRACT
+section 6), each device connects as itself: username and client id = its ``device_id`` (an
+authenticating broker ties the client id to the username), and it reads its own
+``city/dispatch/{device_id}`` (a grid worker's on-the-spot checks). A shared connection connects as
+a gateway, whose devices the credentials list. Without them, every connection uses the URL's
+user name and password, if any.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -31,6 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from simulators.credentials import FleetCredentials
 from simulators.errors import SimulatorError
 from simulators.wire import Publisher
 
@@ -68,19 +76,34 @@ def no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
 
 
-def paho_client(url: str, client_id: str) -> mqtt.Client:
-    """A paho client for ``url`` speaking MQTT 3.1.1, Nagle off, reconnecting with backoff."""
-    _, _, user, password, tls = parse_url(url)
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify the broker's certificate against ``ca_file`` (a private CA) or the system's CAs."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def paho_client(url: str, client_id: str, *, username: str | None = None,
+                password: str | None = None, ca_file: str | None = None) -> mqtt.Client:
+    """A paho client for ``url`` speaking MQTT 3.1.1, Nagle off, reconnecting with backoff;
+    ``username`` and ``password`` replace the URL's."""
+    _, _, user, url_password, tls = parse_url(url)
+    if username is not None:
+        user, url_password = username, password
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv311)
     if user is not None:
-        client.username_pw_set(user, password)
+        client.username_pw_set(user, url_password)
     if tls:
-        client.tls_set_context(ssl.create_default_context())
+        client.tls_set_context(tls_context(ca_file))
     client.on_socket_open = no_delay
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     client.max_queued_messages_set(0)  # unbounded: keep everything while the broker is away
     return client
+
+
+def shared_groups(n_devices: int, per_link: int = DEVICES_PER_SHARED_LINK) -> list[range]:
+    """Device indexes per shared connection: ``per_link`` at most, spread evenly."""
+    n = max(1, -(-n_devices // per_link))
+    return [range(i, n_devices, n) for i in range(n)]
 
 
 class Links(Protocol):
@@ -101,15 +124,30 @@ class Links(Protocol):
     def connects(self) -> int: ...
 
 
-class _DeviceConn:
-    """One device's paho client. Callbacks run on its network thread and only count."""
+OnDispatch = Callable[[str, bytes], None]
 
-    def __init__(self, url: str, kind: str, device_id: str, run_tag: str) -> None:
+
+class _DeviceConn:
+    """One device's paho client. Callbacks run on its network thread and only count (or hand a
+    dispatch to ``on_dispatch``, which must only queue it)."""
+
+    def __init__(self, url: str, kind: str, device_id: str, run_tag: str, *,
+                 secret: str | None = None, on_dispatch: OnDispatch | None = None,
+                 ca_file: str | None = None) -> None:
         self.host, self.port = parse_url(url)[:2]
         self.topic = status_topic(kind, device_id)
-        # The run tag keeps two simulators of one fleet from taking over each other's sessions.
-        self.client = paho_client(url, f"{device_id}-{run_tag}")
+        self.dispatch_topic = f"city/dispatch/{device_id}"
+        if secret is None:
+            # The run tag keeps two simulators of one fleet from taking over each other's
+            # sessions on an anonymous broker.
+            self.client = paho_client(url, f"{device_id}-{run_tag}", ca_file=ca_file)
+        else:
+            self.client = paho_client(url, device_id, username=device_id, password=secret,
+                                      ca_file=ca_file)
         self.client.will_set(self.topic, OFFLINE, qos=QOS, retain=True)
+        self._on_dispatch = on_dispatch
+        if on_dispatch is not None:
+            self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -138,6 +176,8 @@ class _DeviceConn:
                 return
             self.connected = True
             self.connects += 1
+            if self._on_dispatch is not None:
+                client.subscribe(self.dispatch_topic, qos=QOS)  # again after every reconnect
             # Retained presence on every connect: a broker without persistence forgot it.
             client.publish(self.topic, ONLINE, qos=QOS, retain=True)
             self.published += 1
@@ -155,6 +195,10 @@ class _DeviceConn:
     def _on_publish(self, _c: mqtt.Client, _u: Any, _mid: int, _rc: ReasonCode,
                     _p: Any) -> None:
         self.acked += 1  # only this thread writes it; readers tolerate a stale value
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_dispatch is not None and msg.topic == self.dispatch_topic:
+            self._on_dispatch(msg.topic, bytes(msg.payload))
 
     def _cut(self) -> None:
         sock = self.client.socket()
@@ -196,10 +240,19 @@ class _DeviceConn:
 
 
 class DeviceLinks:
-    """One paho client per device: per-device Last Will and presence."""
+    """One paho client per device: per-device Last Will and presence. With ``credentials``
+    each device connects as itself and hands what arrives on its dispatch topic to
+    ``on_dispatch``."""
 
-    def __init__(self, url: str, devices: Sequence[tuple[str, str]], run_tag: str) -> None:
-        self._conns = [_DeviceConn(url, kind, device_id, run_tag) for kind, device_id in devices]
+    def __init__(self, url: str, devices: Sequence[tuple[str, str]], run_tag: str, *,
+                 credentials: FleetCredentials | None = None,
+                 on_dispatch: OnDispatch | None = None, ca_file: str | None = None) -> None:
+        self._conns = [
+            _DeviceConn(url, kind, device_id, run_tag,
+                        secret=None if credentials is None else credentials.secret(device_id),
+                        on_dispatch=None if credentials is None else on_dispatch,
+                        ca_file=ca_file)
+            for kind, device_id in devices]
 
     def start(self) -> None:
         for c in self._conns:
@@ -257,21 +310,45 @@ class SharedLinks:
     """A few lean connections, each carrying many devices (see the module's docstring)."""
 
     def __init__(self, url: str, devices: Sequence[tuple[str, str]], run_tag: str,
-                 per_link: int = DEVICES_PER_SHARED_LINK) -> None:
+                 per_link: int = DEVICES_PER_SHARED_LINK, *,
+                 credentials: FleetCredentials | None = None, ca_file: str | None = None) -> None:
         host, port, user, password, tls = parse_url(url)
-        n = max(1, -(-len(devices) // per_link))
         self._topics = [status_topic(kind, device_id) for kind, device_id in devices]
         self._away: set[int] = set()
         self._held: dict[int, list[tuple[str, bytes]]] = {}
-        self._links = [Publisher(host, port, f"citywatch-sim-{run_tag}-{i}", username=user,
-                                 password=password,
-                                 tls=ssl.create_default_context() if tls else None,
-                                 keepalive=KEEPALIVE_S, on_connect=self._on_connect)
-                       for i in range(n)]
-        self._members = [range(i, len(devices), n) for i in range(n)]
+        context = tls_context(ca_file) if tls else None
+        groups: list[Sequence[int]]
+        logins: list[tuple[str, str | None, str | None]]
+        if credentials is None:
+            groups = list(shared_groups(len(devices), per_link))
+            logins = [(f"citywatch-sim-{run_tag}-{i}", user, password)
+                      for i in range(len(groups))]
+        else:
+            # Each connection is a gateway, allowed to publish for the devices it lists.
+            where = {device_id: i for i, (_, device_id) in enumerate(devices)}
+            groups, logins = [], []
+            for gateway, members in sorted(credentials.gateways.items()):
+                mine = [where[d] for d in members if d in where]
+                if mine:
+                    groups.append(mine)
+                    logins.append((gateway, gateway, credentials.secret(gateway)))
+            missing = sorted(set(where) - {devices[i][1] for g in groups for i in g})
+            if missing:
+                raise SimulatorError(
+                    f"{len(missing)} devices (e.g. {', '.join(missing[:3])}) have no gateway "
+                    "in the credentials: shared connections publish through gateways "
+                    "(citywatch device gateway ID DEVICE...)")
+        self._links = [Publisher(host, port, client_id, username=name, password=secret,
+                                 tls=context, keepalive=KEEPALIVE_S, on_connect=self._on_connect)
+                       for client_id, name, secret in logins]
+        self._members = groups
+        self._link_of = [0] * len(devices)
+        for i, group in enumerate(groups):
+            for d in group:
+                self._link_of[d] = i
 
     def _link(self, index: int) -> Publisher:
-        return self._links[index % len(self._links)]
+        return self._links[self._link_of[index]]
 
     def _on_connect(self, link: Publisher) -> None:
         i = self._links.index(link)

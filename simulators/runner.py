@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citywatch.config import Device
+from simulators.credentials import FleetCredentials
 from simulators.devices import DeviceSim, Payload, Site, factories
 from simulators.devices.base import offset_m, rfc3339
 from simulators.errors import SimulatorError
@@ -398,7 +399,9 @@ class Simulation:
             on_progress: Callable[[Progress], None] | None = None, *,
             timestamps: Literal["wall", "simulated"] = "wall",
             connections: Connections = "auto", truth_path: Path | None = None,
-            respond: bool = True, until_end: bool = False) -> Progress:
+            respond: bool = True, until_end: bool = False,
+            credentials: FleetCredentials | None = None, ca_file: str | None = None
+            ) -> Progress:
         """Publish the fleet in real time until ``stop`` is set, ``duration_s`` real seconds pass
         or (with ``until_end``) the scenario's timeline ends.
 
@@ -409,6 +412,11 @@ class Simulation:
         ``truth_path`` every 10 s and at the end) uses the same timestamps.
 
         ``respond``: the teams subscribe to ``city/dispatch/+`` and answer each warning.
+
+        ``credentials`` (a broker that authenticates): each device, team and gateway connects as
+        itself (see :mod:`simulators.links`); each configured team reads its own dispatches and
+        a device its own (a grid worker's checks). ``ca_file``: the CA that signed the broker's
+        certificate, for ``mqtts://`` URLs.
         """
         parse_url(broker_url)  # a bad URL fails here, before anything starts
         mode = connections
@@ -416,10 +424,23 @@ class Simulation:
             mode = "per-device" if len(self.devices) <= PER_DEVICE_MAX else "shared"
         tag = uuid.uuid4().hex[:6]
         members = [(d.kind, d.id) for d in self.devices]
-        links: Links = (DeviceLinks(broker_url, members, tag) if mode == "per-device"
-                        else SharedLinks(broker_url, members, tag))
+        teams = (_Teams(broker_url, tag, self.seed, self._centre(),
+                        [t.id for t in self.config.teams], credentials, ca_file)
+                 if respond else None)
+        links: Links = (
+            DeviceLinks(broker_url, members, tag, credentials=credentials, ca_file=ca_file,
+                        on_dispatch=teams.queue if teams is not None else None)
+            if mode == "per-device"
+            else SharedLinks(broker_url, members, tag, credentials=credentials, ca_file=ca_file))
         log.info("%d devices on %s connections", len(self.devices), mode)
-        teams = _Teams(broker_url, tag, self.seed, self._centre()) if respond else None
+        index = {d.id: i for i, d in enumerate(self.devices)}
+
+        def device_answer(device_id: str, topic: str, payload: bytes) -> bool:
+            i = index.get(device_id)
+            if i is None:
+                return False
+            links.publish(i, topic, payload)
+            return True
         sim0 = self.sim_time
         clock = Clock(sim0, datetime.now(UTC), self.speed) if timestamps == "wall" else None
         stamp = clock.stamp if clock is not None else None
@@ -464,7 +485,7 @@ class Simulation:
                     links.publish(i, topic, body)
                     sent[self.devices[i].kind] += 1
                 if teams is not None:
-                    teams.answer(target, clock)
+                    teams.answer(target, clock, device_answer)
                 links.pump()
                 # Lateness: how long after its due time (at speed) this tick's work finished.
                 lag = max(0.0, time.monotonic() - real0 - elapsed)
@@ -494,34 +515,60 @@ class Simulation:
 
 
 class _Teams:
-    """The teams' terminals on one connection: dispatches in, acknowledgements out.
+    """The teams' terminals: dispatches in, acknowledgements out.
 
-    The paho callback only queues what arrives (it runs on paho's thread); the runner's loop
-    hands it to the :class:`Responder` and publishes the answers when they are due.
+    Without credentials, one connection reads ``city/dispatch/+`` and answers for everyone.
+    With them, each configured team connects as itself and reads its own dispatches; devices
+    read theirs on their own connections (:class:`simulators.links.DeviceLinks`), which
+    :meth:`queue` here, and answer through them. The paho callbacks only queue what arrives
+    (they run on paho's threads); the runner's loop hands it to the :class:`Responder` and
+    publishes the answers when they are due.
     """
 
-    def __init__(self, url: str, tag: str, seed: int, base: tuple[float, float]) -> None:
+    def __init__(self, url: str, tag: str, seed: int, base: tuple[float, float],
+                 teams: Sequence[str], credentials: FleetCredentials | None,
+                 ca_file: str | None) -> None:
         self.url = url
         self.responder = Responder(seed, base)
         self.inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-        self.client = paho_client(url, f"citywatch-teams-{tag}")
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.clients: dict[str, mqtt.Client] = {}
+        if credentials is None:
+            self.clients["*"] = self._client(
+                paho_client(url, f"citywatch-teams-{tag}", ca_file=ca_file), DISPATCH_FILTER)
+        else:
+            for team in teams:
+                secret = credentials.secrets.get(team)
+                if secret is None:
+                    log.warning("team %s has no broker credentials: it will not answer", team)
+                    continue
+                self.clients[team] = self._client(
+                    paho_client(url, team, username=team, password=secret, ca_file=ca_file),
+                    f"city/dispatch/{team}")
         self.sent = 0
         self._unacked: list[mqtt.MQTTMessageInfo] = []
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
-                    _p: Any) -> None:
-        if not rc.is_failure:
-            client.subscribe(DISPATCH_FILTER, qos=QOS)  # again after every reconnect
+    def _client(self, client: mqtt.Client, topic: str) -> mqtt.Client:
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+            if not rc.is_failure:
+                c.subscribe(topic, qos=QOS)  # again after every reconnect
+            else:
+                log.warning("broker refused a team's terminal (%s): %s", topic, rc)
+
+        client.on_connect = on_connect
+        client.on_message = self._on_message
+        return client
+
+    def queue(self, topic: str, payload: bytes) -> None:
+        self.inbox.put((topic, payload))  # unbounded: dispatches are few
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put((msg.topic, bytes(msg.payload)))  # unbounded: dispatches are few
+        self.queue(msg.topic, bytes(msg.payload))
 
     def start(self) -> None:
         host, port = parse_url(self.url)[:2]
-        self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
+        for client in self.clients.values():
+            client.connect_async(host, port, keepalive=30)
+            client.loop_start()
 
     def receive(self, now: datetime) -> None:
         while True:
@@ -531,12 +578,19 @@ class _Teams:
                 return
             self.responder.on_dispatch(topic, body, now)
 
-    def answer(self, until: datetime, clock: Clock | None) -> None:
+    def answer(self, until: datetime, clock: Clock | None,
+               device_answer: Callable[[str, str, bytes], bool]) -> None:
+        """Publish the answers now due: from the team's connection, or the device's own."""
         for ack in self.responder.due(until):
             payload = dict(ack.payload)
             payload["ts"] = clock.text(ack.at) if clock is not None else rfc3339(ack.at)
-            self._unacked = [i for i in self._unacked if not i.is_published()]
-            self._unacked.append(self.client.publish(ack.topic, _encode(payload), qos=QOS))
+            body = _encode(payload)
+            client = self.clients.get(ack.team_id) or self.clients.get("*")
+            if client is not None:
+                self._unacked = [i for i in self._unacked if not i.is_published()]
+                self._unacked.append(client.publish(ack.topic, body, qos=QOS))
+            elif not device_answer(ack.team_id, ack.topic, body):
+                continue
             self.sent += 1
 
     def close(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
@@ -544,8 +598,10 @@ class _Teams:
         deadline = time.monotonic() + timeout
         while any(not i.is_published() for i in self._unacked) and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.client.disconnect()
-        self.client.loop_stop()
+        for client in self.clients.values():
+            client.disconnect()
+        for client in self.clients.values():
+            client.loop_stop()
 
 
 def _write_atomic(path: Path, text: str) -> None:

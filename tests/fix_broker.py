@@ -107,7 +107,8 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of an MQTT 5 broker for this test session (see the module's docstring)."""
     if find_mosquitto() is not None:
         data_dir = tmp_path_factory.mktemp("broker")
-        with start_broker(data_dir, prefer="mosquitto", fallback=False) as broker:
+        with start_broker(data_dir, prefer="mosquitto", fallback=False,
+                          anonymous=True) as broker:
             yield broker.url
         return
     url = os.environ.get("CITYWATCH_TEST_BROKER_URL", DEFAULT_TEST_BROKER)

@@ -57,8 +57,6 @@ from geo.load import load_zones
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config.yaml"
-# The reason every case that waits for branch `time` carries (see tests/faults/test_time_faults.py).
-NEEDS_TIME_BRANCH = "needs the wall-clock tick from branch time"
 
 Key = tuple[str, int]  # (device_id, seq): one device message
 T = TypeVar("T")
@@ -314,8 +312,9 @@ class FaultBroker:
         return self._broker.pid
 
     def start(self) -> None:
+        # Anonymous, as the test session's broker (tests.fix_broker): the faults are the point here.
         self._broker = start_broker(self.data_dir, self.port, prefer="mosquitto",
-                                    fallback=False)
+                                    fallback=False, anonymous=True)
         self.port = self._broker.port
 
     def stop(self) -> None:

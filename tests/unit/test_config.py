@@ -56,6 +56,10 @@ def test_the_shipped_config_is_valid() -> None:
     ("routing.0.team", "ghost-team", "routing[0].team: 'ghost-team' is not a team id"),
     ("presence.silence_timeout_s", -1,
      "presence.silence_timeout_s: got -1; Input should be greater"),
+    ("database.outbox_keep_days", 0, "database.outbox_keep_days: got 0; Input should be greater"),
+    ("work_orders.keep_days", "forever", "work_orders.keep_days: got 'forever'; Input should be"),
+    ("work_orders.evidence_keep_last", 0,
+     "work_orders.evidence_keep_last: got 0; Input should be greater"),
 ])
 def test_a_bad_value_is_named_with_what_was_expected(raw: dict[str, Any], path: str, value: Any,
                                                      expected: str) -> None:
@@ -105,3 +109,42 @@ def test_unreadable_or_malformed_files_say_so(tmp_path: Path) -> None:
     bad.write_text("- just a list\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(bad, env={})
+
+
+def test_health_limits_have_defaults_and_are_checked(raw: dict[str, Any]) -> None:
+    cfg = parse_config(raw, env={})
+    assert (cfg.health.stuck_after_s, cfg.health.warn_for_s) == (60, 600)
+    cfg = parse_config({**raw, "health": {"stuck_after_s": 5}}, env={})
+    assert cfg.health.stuck_after_s == 5
+    with pytest.raises(ConfigError, match=r"health.stuck_after_s: got 0; Input should be greater"):
+        parse_config({**raw, "health": {"stuck_after_s": 0}}, env={})
+
+
+def test_routing_must_cover_every_hazard_zone_type_and_level(raw: dict[str, Any]) -> None:
+    data = copy.deepcopy(raw)
+    # Underpasses route to drainage only at red: yellow, orange and blue have nowhere to go.
+    route = next(r for r in data["routing"] if r["zone_type"] == "underpass")
+    route["levels"] = ["red"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, env={})
+    message = str(err.value)
+    assert "routing: no route for waterlogging in underpass at orange" in message
+    assert "waterlogging in underpass at blue" in message
+    assert "at red" not in message
+    # A configuration for simulators only may leave routing out altogether.
+    data["routing"] = []
+    assert parse_config(data, env={}).routing == ()
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("http.allowed_hosts", ["http://example.org"], "expected a host name"),
+    ("http.max_body_bytes", 10, "greater than or equal to 1024"),
+    ("auth.token_ttl_min", 0, "greater than 0"),
+])
+def test_access_settings_are_checked(raw: dict[str, Any], path: str, value: Any,
+                                     expected: str) -> None:
+    data = copy.deepcopy(raw)
+    section, key = path.split(".")
+    data.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(data, env={})

@@ -10,6 +10,7 @@ import pytest
 
 from sensing.decode import (
     BUILTIN_KINDS,
+    MAX_FUTURE_S,
     REASONS,
     Decoder,
     EventSpec,
@@ -18,7 +19,7 @@ from sensing.decode import (
     Text,
     parse_timestamp,
 )
-from sensing.models import Event, Rejection, Status, Telemetry
+from sensing.models import DispatchAck, Event, Rejection, Status, Telemetry
 
 NOW = datetime(2026, 11, 23, 8, 20, tzinfo=UTC)
 TS = "2026-11-23T08:15:00Z"
@@ -156,6 +157,17 @@ REJECTIONS: list[tuple[str, str, bytes, str]] = [
     ),
     ("confidence over 1", CAMERA_EVENT, camera(confidence=1.01), "out_of_range"),
     ("empty event_id", CAMERA_EVENT, camera(event_id=""), "out_of_range"),
+    ("event_id with a bell", CAMERA_EVENT, camera(event_id="cam-1\x07"), "control_character"),
+    ("event_id with a newline", CAMERA_EVENT, camera(event_id="a\nb"), "control_character"),
+    ("event_id with C1 CSI", CAMERA_EVENT, camera(event_id="a\x9b31m"), "control_character"),
+    ("event_id with U+FFFF", CAMERA_EVENT, camera(event_id="a\uffff"), "control_character"),
+    (
+        "order id with escape",
+        "city/dispatch/team-1/ack",
+        dumps({"work_order_id": "WO-1\x1b[2J", "status": "accepted"}),
+        "control_character",
+    ),
+    ("building_id only controls", CAMERA_EVENT, camera(building_id="\x07\x1b[0m"), "out_of_range"),
     ("unknown state", "city/water/wm-1/status", b'{"state": "asleep"}', "out_of_range"),
     ("negative track time", CAMERA_EVENT, camera(track=[[120.6, 31.3, 1.0, -1]]), "out_of_range"),
     ("year 10000", WATER, water(ts="10000-01-01T00:00:00Z"), "bad_timestamp"),
@@ -432,6 +444,64 @@ def test_grid_report_with_escaped_chinese_text(decoder: Decoder) -> None:
     assert result.body["text"] == "积水 about 20 cm 🌧"
 
 
+# The report of issue 9: this building_id went into the alert's title and broke its CAP document.
+HOSTILE_BUILDING = "B-\u0007\u001b[31m"
+
+
+def test_control_characters_in_an_identifier_are_refused_naming_the_field(
+    decoder: Decoder,
+) -> None:
+    result = decoder.decode(CAMERA_EVENT, camera(event_id="cam-1\u001b[31m"), NOW)
+    assert isinstance(result, Rejection)
+    assert result.reason == "control_character"
+    assert result.detail.startswith("event_id: ")
+    assert "U+001B" in result.detail
+    assert "\x1b" not in result.detail  # the detail itself is safe to log
+
+
+def test_a_garbled_building_label_is_cleaned_and_the_detection_kept(decoder: Decoder) -> None:
+    result = decoder.decode(CAMERA_EVENT, camera(building_id=HOSTILE_BUILDING), NOW)
+    assert isinstance(result, Event), result
+    assert result.body["building_id"] == "B-"  # the whole escape sequence went, not only ESC
+    assert result.confidence == 0.93
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("Tower\tB\r\nnorth", "Tower B north"),  # a label stays on one line
+        ("\x9b1mB-7\x85", "B-7"),  # C1 controls and the 8-bit CSI
+        ("B-\x1b]0;owned\x07", "B-0;owned"),  # OSC: the bytes go, harmless text stays
+        ("B-0042", "B-0042"),
+        ("楼 B-0042", "楼 B-0042"),
+    ],
+)
+def test_building_labels_are_cleaned(decoder: Decoder, sent: str, kept: str) -> None:
+    result = decoder.decode(CAMERA_EVENT, camera(building_id=sent), NOW)
+    assert isinstance(result, Event), result
+    assert result.body["building_id"] == kept
+
+
+def test_report_text_is_cleaned_and_keeps_its_lines(decoder: Decoder) -> None:
+    payload = dumps({
+        "ts": TS, "seq": 12, "event_id": "gw-1-12", "type": "report", "category": "other",
+        "loc": [120.61, 31.31], "text": "\x1b[1mwater\x1b[0m\r\n20 cm\tdeep\x07\ufffe\rend",
+        "extra": "\x07",
+    })  # fmt: skip
+    result = decoder.decode("city/grid/gw-1/event", payload, NOW)
+    assert isinstance(result, Event), result
+    assert result.body["text"] == "water\n20 cm\tdeep\nend"
+    assert result.body["extra"] == "\x07"  # no spec, no meaning: stored as sent
+
+
+def test_ack_note_is_cleaned(decoder: Decoder) -> None:
+    payload = dumps({"work_order_id": "WO-000001", "status": "resolved",
+                     "note": "pumped\x1b[31m out\nall clear"})
+    result = decoder.decode("city/dispatch/team-1/ack", payload, NOW)
+    assert isinstance(result, DispatchAck), result
+    assert result.note == "pumped out\nall clear"
+
+
 @pytest.mark.parametrize("state", ["online", "offline"])
 def test_status(decoder: Decoder, state: str) -> None:
     result = decoder.decode("city/camera/cam-1/status", dumps({"state": state}), NOW)
@@ -519,9 +589,9 @@ def test_parse_timestamp(text: str, expected: datetime) -> None:
 
 
 def test_timestamp_just_inside_the_future_limit(decoder: Decoder) -> None:
-    ts = (NOW + timedelta(seconds=300)).isoformat()
+    ts = (NOW + timedelta(seconds=MAX_FUTURE_S)).isoformat()
     assert isinstance(decoder.decode(WATER, water(ts=ts), NOW), Telemetry)
-    ts = (NOW + timedelta(seconds=300, microseconds=1)).isoformat()
+    ts = (NOW + timedelta(seconds=MAX_FUTURE_S, microseconds=1)).isoformat()
     result = decoder.decode(WATER, water(ts=ts), NOW)
     assert isinstance(result, Rejection)
     assert result.reason == "bad_timestamp"

@@ -146,6 +146,19 @@ def test_department_levels() -> None:
     assert {d.level for d in config().departments} == {"municipal", "district", "street", "grid"}
 
 
+def test_the_case_studys_53_offices_each_with_a_team() -> None:
+    cfg = config()
+    levels = Counter(d.level for d in cfg.departments)
+    assert sum(levels.values()) == 53
+    assert levels == {"municipal": 9, "district": 16, "street": 18, "grid": 10}
+    assert {d.id for d in cfg.departments} == {t.department for t in cfg.teams}
+    streets = {z.id for z in index() if z.type == "street"}
+    # Each street has its subdistrict office, urban-management squadron and grid workstation.
+    for level, per_street in (("street", 2), ("grid", 1)):
+        bound = Counter(d.zone_id for d in cfg.departments if d.level == level and d.zone_id)
+        assert bound == dict.fromkeys(streets, per_street), level
+
+
 def test_waterlogging_thresholds_for_each_type() -> None:
     thresholds = config().rules.waterlogging.thresholds
     assert set(thresholds) == WATERLOGGING_TYPES

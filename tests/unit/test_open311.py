@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from alerts.open311 import (
     MAX_REQUESTS,
     MAX_SPAN,
+    PUBLIC_NOTES,
     SERVICES,
     Open311Error,
     RequestQuery,
@@ -83,7 +85,7 @@ def test_a_work_order_as_a_service_request() -> None:
     assert got == {
         "service_request_id": "WO-000042",
         "status": "open",
-        "status_notes": "accepted: accept by drainage-1",
+        "status_notes": "a team is working on it",
         "service_name": "Waterlogging",
         "service_code": "waterlogging",
         "description": "Standing water 31.5 cm at Renmin Road underpass",
@@ -106,11 +108,23 @@ def test_fallbacks_unknown_department_zone_and_history() -> None:
     got = to_request(order(department="office-st-09", last_reason=None, last_change=None,
                            hazard="falling_object", zone_id="gone"), None, DEPARTMENTS)
     assert got["agency_responsible"] == "office-st-09"  # no name configured: the id
-    assert got["status_notes"] == "accepted"
+    assert got["status_notes"] == PUBLIC_NOTES["accepted"]
     assert got["updated_datetime"] == got["requested_datetime"]
     assert got["address"] is None and got["lat"] is None and got["long"] is None
     assert got["address_id"] == "gone"
     assert got["service_name"] == SERVICES["falling_object"].name
+
+
+def test_a_public_request_names_no_team_worker_or_internal_note() -> None:
+    internal = ("check: on_site: water over the kerb, grid-07 at [120.6213, 31.3117]; "
+                "escalated from gusu-drainage to office-st-02, team street-st-02-1")
+    for state in PUBLIC_NOTES:
+        got = to_request(order(state=state, last_reason=internal, team_id="drainage-1"), ZONE,
+                         DEPARTMENTS)
+        text = json.dumps(got)
+        for secret in ("grid-07", "drainage-1", "street-st-02-1", "120.6213", "kerb"):
+            assert secret not in text, (state, secret)
+        assert got["status_notes"] == PUBLIC_NOTES[state]
 
 
 def test_times_as_strings_from_the_store_readers() -> None:
