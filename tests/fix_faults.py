@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote, urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -45,6 +46,7 @@ from psycopg import sql
 
 from citywatch.config import Config, load_config
 from citywatch.embedded import (
+    SUPERUSER,
     EmbeddedBroker,
     EmbeddedDatabase,
     find_mosquitto,
@@ -491,10 +493,13 @@ class FaultDatabase:
         self.port: int | None = None
         self._db: EmbeddedDatabase | None = None
         self._paused: list[int] = []
+        self._password = ""
 
     def start(self) -> None:
-        self._db = start_database(self.data_dir, self.port, database="postgres")
+        self._db = start_database(self.data_dir, self.port)
         self.port = self._db.port
+        # The superuser's password (the cluster asks for passwords; it keeps them across starts).
+        self._password = urlsplit(self._db.superuser_url).password or ""
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): sessions are ended, the server is gone."""
@@ -508,7 +513,10 @@ class FaultDatabase:
         return (self.data_dir / "pgdata").stat().st_uid
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+        """The superuser's URL: the cases create and drop databases and tablespaces, and the
+        engine migrates its scratch database as that user."""
+        return (f"postgresql://{SUPERUSER}:{quote(self._password, safe='')}@127.0.0.1:"
+                f"{self.port}/{dbname}")
 
     def pause(self) -> None:
         """SIGSTOP the postmaster, then every server process: a hung database (connections stay
