@@ -577,14 +577,18 @@ class SmallDisk:
         if done.returncode != 0:
             raise OSError(f"cannot mount a tmpfs at {mountpoint}: {done.stderr.strip()}")
         self.mounted = True
-        uid = db.owner_uid
-        os.chown(mountpoint, uid, os.stat(db.data_dir / "pgdata").st_gid)
-        for p in mountpoint.parents:  # the server's account must reach the mount point
-            p.chmod(p.stat().st_mode | 0o001)
-        with psycopg.connect(db.url(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
-                sql.Identifier(name), sql.Literal(str(mountpoint))))
         self.filler = mountpoint / "filler"
+        try:
+            uid = db.owner_uid
+            os.chown(mountpoint, uid, os.stat(db.data_dir / "pgdata").st_gid)
+            for p in mountpoint.parents:  # the server's account must reach the mount point
+                p.chmod(p.stat().st_mode | 0o001)
+            with psycopg.connect(db.url(), autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
+                    sql.Identifier(name), sql.Literal(str(mountpoint))))
+        except BaseException:
+            self._unmount()  # a mount left behind would break pytest's tmp_path cleanup
+            raise
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.mountpoint)
@@ -613,9 +617,14 @@ class SmallDisk:
                 self.db.url(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(
                 sql.Identifier(self.name)))
+        self._unmount()
+
+    def _unmount(self) -> None:
         if self.mounted:
-            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False,
-                           capture_output=True)
+            done = subprocess.run(["umount", "-l", str(self.mountpoint)], check=False,
+                                  capture_output=True, text=True)
+            if done.returncode != 0 and os.path.ismount(self.mountpoint):
+                raise OSError(f"cannot unmount {self.mountpoint}: {done.stderr.strip()}")
             self.mounted = False
 
 
