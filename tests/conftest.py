@@ -1,4 +1,5 @@
 """Shared fixtures: one plugin module per concern (``fix_broker``, ``fix_db``, ``fix_clock``,
-``fix_users``)."""
+``fix_users``, ``fix_faults``)."""
 
-pytest_plugins = ["tests.fix_broker", "tests.fix_db", "tests.fix_clock", "tests.fix_users"]
+pytest_plugins = ["tests.fix_broker", "tests.fix_db", "tests.fix_clock", "tests.fix_users",
+                  "tests.fix_faults"]
