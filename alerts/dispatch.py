@@ -99,7 +99,17 @@ class OutboxPublisher:
             self._settle(conn)
 
     def _settle(self, conn: psycopg.Connection[Any]) -> None:
-        done = [(oid, topic) for oid, (topic, h) in self._in_flight.items() if h.is_published()]
+        done: list[tuple[int, str]] = []
+        for oid, (topic, h) in list(self._in_flight.items()):
+            try:
+                if h.is_published():
+                    done.append((oid, topic))
+            except (RuntimeError, ValueError) as exc:
+                # The client refused it outright: forget the attempt, the row stays unsent and
+                # is published again on the next round.
+                log.warning("outbox row %s to %s not published (%s); trying again", oid, topic,
+                            exc)
+                del self._in_flight[oid]
         if not done:
             return
         conn.execute("UPDATE outbox SET sent = now() WHERE id = ANY(%s)",

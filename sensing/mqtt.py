@@ -67,6 +67,42 @@ class Inbound:
     session: int = 0
 
 
+class Delivery:
+    """What became of one publish: ``is_published`` and ``wait_for_publish`` as paho's
+    ``MQTTMessageInfo``, but true to what paho does with a message it could not send.
+
+    A publish while the socket is gone (the broker just went away) is kept by paho and sent after
+    the reconnect, which marks the same info published; but the info keeps ``rc =
+    MQTT_ERR_NO_CONN``, so its own ``is_published()`` raises for ever and a caller polling it would
+    never see the message go out. paho's completion flag is read here instead, the one place that
+    knows paho's insides. A publish paho refused outright still raises.
+    """
+
+    __slots__ = ("_info",)
+    _KEPT = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_AGAIN)
+
+    def __init__(self, info: mqtt.MQTTMessageInfo) -> None:
+        self._info = info
+
+    @property
+    def mid(self) -> int:
+        return self._info.mid
+
+    def _check(self) -> None:
+        if self._info.rc not in self._KEPT:
+            raise RuntimeError(f"publish failed: {mqtt.error_string(self._info.rc)}")
+
+    def is_published(self) -> bool:
+        self._check()
+        with self._info._condition:
+            return bool(self._info._published)
+
+    def wait_for_publish(self, timeout: float | None = None) -> None:
+        self._check()
+        with self._info._condition:
+            self._info._condition.wait_for(lambda: bool(self._info._published), timeout)
+
+
 def no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
     """Turn Nagle off: paho leaves it on, and QoS 1 acks then wait on delayed-ACK timers."""
     with contextlib.suppress(AttributeError, OSError):
@@ -158,8 +194,8 @@ class MqttLink:
                 self._client.ack(m.mid, m.qos)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1,
-                retain: bool = False) -> mqtt.MQTTMessageInfo:
-        return self._client.publish(topic, payload, qos=qos, retain=retain)
+                retain: bool = False) -> Delivery:
+        return Delivery(self._client.publish(topic, payload, qos=qos, retain=retain))
 
     def _handle_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
                         reason: ReasonCode, _props: Properties | None) -> None:
