@@ -128,6 +128,14 @@ def observe(state: ClockState, readings: Sequence[tuple[str, datetime]], now: da
             [t for t in out if t is not None], merged)
 
 
+def restore(offsets: Mapping[str, tuple[timedelta, datetime | None]]) -> ClockState:
+    """The state to resume from after a restart: the corrections in force when it stopped
+    (``(offset, since)`` by device), so that a slow device is not judged by its clock again
+    while its offset is being confirmed anew."""
+    return ClockState(MappingProxyType({d: DeviceClock(offset=off, since=since)
+                                        for d, (off, since) in offsets.items() if off}))
+
+
 def server_time(state: ClockState, device_id: str, ts: datetime, now: datetime) -> datetime:
     """A reading's evaluation time with the device's current correction (for readings not
     observed again, such as redeliveries)."""

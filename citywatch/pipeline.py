@@ -408,6 +408,10 @@ class Pipeline:
             fresh: list[Telemetry | Event] = [*result.new_telemetry, *result.new_events]
             clock_state, times, clock_changes = clocks.observe(
                 self.clocks, [(r.device_id, r.ts) for r in fresh], now, self._clock_params)
+            if clock_changes:  # kept with the batch, so a restart resumes with them
+                store.save_clock_offsets(conn, {
+                    ch.device_id: (ch.new, clock_state.devices[ch.device_id].since)
+                    for ch in clock_changes})
             seen: dict[str, datetime] = {}
             readings: list[Telemetry | Event] = [*telemetry, *events]
             for r in readings:

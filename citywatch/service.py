@@ -32,7 +32,7 @@ from alerts.dispatch import OutboxPublisher
 from alerts.http_guard import default_hosts
 from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
-from citywatch import liveness
+from citywatch import clocks, liveness
 from citywatch.broker_stats import SYS_TOPICS, BrokerStats
 from citywatch.clocks import ClockParams
 from citywatch.config import Config
@@ -218,6 +218,7 @@ class Service:
                                          placement.device_zones(d.id))
                 for d in cfg.devices])
             levels = alert_store.open_levels(conn)
+            clock_offsets = sensing_store.load_clock_offsets(conn)
         log.info("storage: %s; %d zones; %d devices; %d open alerts restored",
                  self.storage_mode, len(zones), len(cfg.devices), len(levels))
 
@@ -246,6 +247,7 @@ class Service:
                 timedelta(seconds=cfg.clocks.skew_tolerance_s),
                 timedelta(seconds=cfg.clocks.skew_confirm_s)),
             ingest_queue=IngestQueue.for_receive_maximum(cfg.broker.receive_maximum))
+        self.pipeline.clocks = clocks.restore(clock_offsets)
         self._spawn("ingest", self.pipeline.run)
         self._spawn("outbox", self._outbox.run)
         self._link.start()

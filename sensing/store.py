@@ -31,7 +31,7 @@ from sensing.models import Event, Position, Rejection, Telemetry
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 PAYLOAD_PREFIX_BYTES: Final = 1024
 CHUNK_INTERVAL: Final = timedelta(days=1)
 COMPRESS_AFTER: Final = timedelta(days=7)
@@ -179,6 +179,16 @@ _MIGRATIONS: Final[Mapping[int, tuple[sql.SQL, ...]]] = {
         sql.SQL("CREATE INDEX telemetry_device_ts_idx ON telemetry (device_id, ts DESC)"),
         sql.SQL("CREATE INDEX events_device_ts_idx ON events (device_id, ts DESC)"),
         sql.SQL("CREATE INDEX rejections_received_idx ON rejections (received)"),
+    ),
+    2: (
+        # Devices whose clocks are off, as the engine learned them (citywatch.clocks): kept so
+        # that a restart does not judge a slow device's readings by its wrong clock again.
+        sql.SQL("""
+            CREATE TABLE device_clocks (
+                device_id text PRIMARY KEY,
+                offset_s double precision NOT NULL,
+                since timestamptz
+            )"""),
     ),
 }
 
@@ -607,6 +617,29 @@ def upsert_devices(conn: Conn, devices: Sequence[DeviceSpec]) -> int:
         ),
     )
     return cur.rowcount
+
+
+def save_clock_offsets(conn: Conn,
+                       offsets: Mapping[str, tuple[timedelta, datetime | None]]) -> None:
+    """Record devices' clock offsets (device minus fleet); a zero offset forgets the device."""
+    zero = [d for d, (off, _since) in offsets.items() if not off]
+    kept = {d: v for d, v in offsets.items() if v[0]}
+    if zero:
+        conn.execute("DELETE FROM device_clocks WHERE device_id = ANY(%s)", (zero,))
+    if kept:
+        conn.execute(
+            """INSERT INTO device_clocks (device_id, offset_s, since)
+               SELECT * FROM unnest(%s::text[], %s::float8[], %s::timestamptz[])
+               ON CONFLICT (device_id) DO UPDATE
+               SET offset_s = EXCLUDED.offset_s, since = EXCLUDED.since""",
+            (list(kept), [off.total_seconds() for off, _ in kept.values()],
+             [since for _, since in kept.values()]))
+
+
+def load_clock_offsets(conn: Conn) -> dict[str, tuple[timedelta, datetime | None]]:
+    """The clock offsets ``save_clock_offsets`` recorded, by device."""
+    rows = conn.execute("SELECT device_id, offset_s, since FROM device_clocks").fetchall()
+    return {str(d): (timedelta(seconds=float(off)), since) for d, off, since in rows}
 
 
 def mark_presence(conn: Conn, device_id: str, online: bool, ts: datetime) -> bool:

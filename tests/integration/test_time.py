@@ -275,6 +275,14 @@ def test_devices_an_hour_ahead_and_behind_are_judged_on_the_servers_time(
     metrics = httpx.get(running.svc.url + "/metrics", timeout=5).text
     assert "citywatch_devices_clock_corrected 2.0" in metrics
 
+    # A restart resumes with the corrections: the slow clock is not judged by itself again for
+    # a minute (its readings an hour old) while the offset is confirmed anew.
+    running.stop()
+    running.start()
+    again = running.get("/api/health")["clocks"]["corrected"]
+    assert set(again) == {"wl-01", "wl-03"}
+    assert again["wl-03"]["offset_s"] == corrected["wl-03"]["offset_s"]
+
 
 def test_a_team_answer_is_recorded_at_the_servers_time(
         running: Running, broker_url: str, shifted_clock: ShiftedClock) -> None:
