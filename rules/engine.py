@@ -31,16 +31,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import shapely
 
 from geo.crs import lonlat_to_utm, to_utm
 from geo.zones import Zone
 from rules import rain as rainmod
+from rules import registry
 from rules.base import (
     DEVICE_FAULT,
-    FALLING_OBJECT_PATTERN,
     AlertChange,
     Detection,
     DeviceSite,
@@ -48,12 +48,13 @@ from rules.base import (
     Position,
 )
 from rules.device_health import DeviceHealth, DeviceHealthRule, Peers
-from rules.falling_object import FallingObjectRule, FallingObjectState, metres
+from rules.falling_object import CAMERA_RANGE_M, metres
+from rules.hazard import Hazard, Rule
 from rules.levels import Level
 from rules.params import RulesParams
-from rules.reports import REPORT_TYPE, ReportRule, ReportState, report_evidence
-from rules.traffic import TrafficRule
-from rules.waterlogging import WaterloggingRule, WaterloggingState
+from rules.reports import REPORT_TYPE, ReportRule
+from rules.waterlogging import HAZARD as WATERLOGGING
+from rules.waterlogging import WaterloggingRule
 
 S = TypeVar("S")
 K = TypeVar("K")
@@ -62,38 +63,13 @@ Key = tuple[str, str]  # (zone_id, rule name); the hazard rules are named after 
 Item = Observation | Detection
 Risk = Literal["clear", "unknown"] | Level
 REPORT_RULE = ReportRule.name
-CAMERA_RANGE_M = 300.0  # a camera watches the fall zones this close to it (for zone risk)
+__all__ = ["CAMERA_RANGE_M", "Engine", "EngineConfigError", "EngineState", "ZoneRule"]
 FRESH = timedelta(seconds=900)  # a neighbour's or a rain gauge's last value counts this long
 DRY_RAIN_MM_H = 0.1  # a rain gauge reading no more than this sees no rain
 HEAVY_RAIN_MM_H = 30.0  # smoothed: every low point of the catchment should be filling
 
 
-class ZoneRule(Protocol[S]):
-    """What the engine needs of a hazard rule; ``S`` is the rule's immutable per-zone state."""
-
-    name: ClassVar[str]
-
-    def check_zone(self, zone: Zone) -> None:
-        """Raise ``ValueError`` if the rule's parameters cannot serve this zone."""
-
-    def initial(self) -> S: ...
-
-    def restore(self, level: Level) -> S: ...
-
-    def level(self, state: S) -> Level | None: ...
-
-    def deadline(self, state: S) -> datetime | None: ...
-
-    def evaluate(self, zone: Zone, state: S, item: Item, ctx: Any
-                 ) -> tuple[S, list[AlertChange]]:
-        """Return ``state`` itself (the same object) when ``item`` is not the rule's business."""
-        ...
-
-    def reassess(self, zone: Zone, state: S, ts: datetime, ctx: Any
-                 ) -> tuple[S, list[AlertChange]]: ...
-
-    def tick(self, zone: Zone, state: S, now: datetime, ctx: Any
-             ) -> tuple[S, list[AlertChange]]: ...
+ZoneRule = Rule  # the name of the first engine's interface
 
 
 class EngineConfigError(ValueError):
@@ -182,7 +158,7 @@ class _Work:
     """A private, mutable working copy of an ``EngineState`` for the length of one call."""
 
     def __init__(self, s: EngineState) -> None:
-        self.rules: _Cow[Key, object] = _Cow(s.rules)
+        self.rules: _Cow[Key, Any] = _Cow(s.rules)
         self.health: _Cow[str, DeviceHealth] = _Cow(s.health)
         self.faults: _Cow[str, FaultZone] = _Cow(s.faults)
         self.rain: _Cow[str, rainmod.RainGauge] = _Cow(s.rain)
@@ -252,15 +228,16 @@ def _channel(item: Item) -> tuple[str, Any]:
 
 class Engine:
     def __init__(self, params: RulesParams, zones: Mapping[str, Zone],
-                 devices: Iterable[DeviceSite] = ()) -> None:
+                 devices: Iterable[DeviceSite] = (),
+                 hazards: Iterable[Hazard] | None = None) -> None:
+        """``hazards``: the registered ones (``rules.registry``) unless given."""
         self.params = params
-        self._rules: dict[str, ZoneRule[Any]] = {
-            WaterloggingRule.name: WaterloggingRule(params.waterlogging),
-            FallingObjectRule.name: FallingObjectRule(params.falling_object),
-            TrafficRule.name: TrafficRule(params.traffic),
-        }
-        self._falling: FallingObjectRule = self._rules[FallingObjectRule.name]  # type: ignore[assignment]
+        self.hazards: dict[str, Hazard] = {
+            h.name: h for h in (registry.hazards() if hazards is None else hazards)}
         self._reports = ReportRule(params.reports)
+        self._rules: dict[str, Rule[Any]] = {
+            **{name: h.rule(params.of(name)) for name, h in self.hazards.items()},
+            REPORT_RULE: self._reports}
         self._health = DeviceHealthRule(params.device_health)
         problems: list[str] = []
         for zone_id, zone in zones.items():
@@ -288,6 +265,7 @@ class Engine:
         self._utm: dict[str, Any] = {}
         self._catchment: dict[tuple[str, Position], tuple[str, ...]] = {}
         self._fault_zone_memo: dict[tuple[str, tuple[str, ...]], str | None] = {}
+        self._routed: dict[tuple[str, Position], tuple[tuple[str, str], ...]] = {}
         self._zone_devices_memo: tuple[None, dict[str, tuple[str, ...]]] | None = None
 
     # --- public API -----------------------------------------------------------------------
@@ -326,7 +304,7 @@ class Engine:
         """The active level of every (zone_id, hazard) that has one."""
         levels: dict[tuple[str, str], Level] = {}
         for (zone_id, name), st in sorted(state.rules.items(), key=lambda kv: kv[0]):
-            for hazard, level in self._levels_of(name, st).items():
+            for hazard, level in self._rules[name].levels(st).items():
                 levels[(zone_id, hazard)] = level
         for zone_id, fz in sorted(state.faults.items()):
             if fz.level is not None:
@@ -341,29 +319,21 @@ class Engine:
         """
         rules: dict[Key, object] = {}
         faults: dict[str, FaultZone] = {}
-        for (zone_id, hazard), raw in sorted(levels.items()):
+        for (zone_id, alert), raw in sorted(levels.items()):
             level = Level(raw)
             zone = self.zones.get(zone_id)
             if zone is None:
                 continue
-            if hazard in zone.hazards:
-                new = self._rules[hazard].restore(level)
-                old = rules.get((zone_id, hazard))
-                if isinstance(old, FallingObjectState) and isinstance(new, FallingObjectState):
-                    new = replace(new, pattern_level=old.pattern_level)
-                rules[(zone_id, hazard)] = new
-            elif hazard == FALLING_OBJECT_PATTERN and FallingObjectRule.name in zone.hazards:
-                key = (zone_id, FallingObjectRule.name)
-                st = rules.get(key) or self._falling.initial()
-                assert isinstance(st, FallingObjectState)
-                rules[key] = self._falling.restore_pattern(st, level)
-            elif hazard == DEVICE_FAULT:
+            if alert == DEVICE_FAULT:
                 faults[zone_id] = FaultZone(level, (), restored=True)
-            elif hazard in self.params.reports.categories and self._reports.enabled:
-                key = (zone_id, REPORT_RULE)
-                rst = rules.get(key) or self._reports.initial()
-                assert isinstance(rst, ReportState)
-                rules[key] = self._reports.restore(rst, hazard, level)
+                continue
+            name = self._holder(zone, alert)
+            if name is None:
+                continue
+            rule = self._rules[name]
+            st = rules.get((zone_id, name))
+            rules[(zone_id, name)] = rule.restore_alert(
+                rule.initial() if st is None else st, alert, level)
         state = EngineState(rules=MappingProxyType(rules), faults=MappingProxyType(faults))
         return replace(state, due=self._earliest(_Work(state)))
 
@@ -477,10 +447,17 @@ class Engine:
         return min(dues, default=None)
 
     def _deadline_of(self, name: str, st: object) -> datetime | None:
-        if name == REPORT_RULE:
-            assert isinstance(st, ReportState)
-            return self._reports.deadline(st)
         return self._rules[name].deadline(st)
+
+    def _holder(self, zone: Zone, alert: str) -> str | None:
+        """The rule whose state in ``zone`` holds alerts of this name (None: none here)."""
+        for name in zone.hazards:
+            h = self.hazards.get(name)
+            if h is not None and alert in h.alert_names():
+                return name
+        if alert in self.params.reports.categories and self._reports.enabled:
+            return REPORT_RULE
+        return None
 
     def _note_due(self, w: _Work, due: datetime | None) -> None:
         if due is not None and (w.due is None or due < w.due):
@@ -526,11 +503,7 @@ class Engine:
         zone = self.zones[key[0]]
         st = w.rules.get(key)
         w.now = now
-        if key[1] == REPORT_RULE:
-            assert isinstance(st, ReportState)
-            new, changes = self._reports.tick(zone, st, now)
-        else:
-            new, changes = self._rules[key[1]].tick(zone, st, now, _Ctx(self, w))
+        new, changes = self._rules[key[1]].tick(zone, st, now, _Ctx(self, w))
         self._set_rule(w, key, new)
         self._emit(w, changes)
 
@@ -598,6 +571,17 @@ class Engine:
                 if new is not current:
                     self._set_rule(w, key, new)
                 self._emit(w, changes)
+        for zone_id, hazard in self._routed_zones(item.kind, item.position):
+            if zone_id in item.zone_ids:
+                continue  # done above
+            key = (zone_id, hazard)
+            rule = self._rules[hazard]
+            old = w.rules.get(key)
+            current = rule.initial() if old is None else old
+            new, changes = rule.evaluate(self.zones[zone_id], current, item, ctx)
+            if new is not current:
+                self._set_rule(w, key, new)
+            self._emit(w, changes)
 
     def _set_rule(self, w: _Work, key: Key, st: object) -> None:
         w.rules[key] = st
@@ -608,16 +592,6 @@ class Engine:
             if ch.level is None:
                 w.cleared[(ch.zone_id, ch.hazard)] = ch.ts
             w.changes.append(ch)
-
-    def _levels_of(self, name: str, st: object) -> dict[str, Level]:
-        if name == REPORT_RULE:
-            assert isinstance(st, ReportState)
-            return self._reports.levels(st)
-        if name == FallingObjectRule.name:
-            assert isinstance(st, FallingObjectState)
-            return self._falling.levels(st)
-        level = self._rules[name].level(st)
-        return {} if level is None else {name: level}
 
     # --- device health --------------------------------------------------------------------
 
@@ -642,6 +616,7 @@ class Engine:
         zone_ids = list(site.zone_ids)
         if site.kind == "rain" and site.position is not None:
             zone_ids += self._catchment_zones(site.position)
+        zone_ids += [z for z, _ in self._routed_zones(site.kind, site.position)]
         self._reassess(w, dict.fromkeys(zone_ids), ts)
 
     def _reassess(self, w: _Work, zone_ids: Iterable[str], ts: datetime,
@@ -674,10 +649,14 @@ class Engine:
             return self._fault_zone_memo[memo_key]
         known = [self.zones[z] for z in site.zone_ids if z in self.zones]
         found: str | None = None
-        if site.kind == "camera" and site.position is not None:
-            near = [(metres(site.position, self._centre(z.id)), z.id) for z in self.zones.values()
-                    if FallingObjectRule.name in z.hazards]
-            near = [n for n in near if n[0] <= CAMERA_RANGE_M]
+        if site.position is not None:
+            # A device that senses a hazard from a distance (a camera, a roof gauge): the
+            # nearest zone it watches.
+            near = [(metres(site.position, self._centre(z.id)), z.id)
+                    for h in self.hazards.values()
+                    if h.sensing.radius_m is not None and site.kind in h.sensing.kinds
+                    for z in self.zones.values() if h.name in z.hazards
+                    and metres(site.position, self._centre(z.id)) <= h.sensing.radius_m]
             found = min(near)[1] if near else None
         if found is None:
             found = next((z.id for z in known if z.hazards), None) or \
@@ -804,16 +783,15 @@ class Engine:
         w.rain[obs.device_id] = new
         if self.params.waterlogging.rain.enabled and new.position is not None:
             w.now = obs.ts
+            water = self._rules.get(WATERLOGGING)
+            if not isinstance(water, WaterloggingRule):
+                return
             changed = []
             for zone_id in self._catchment_zones(new.position):
-                st = w.rules.get((zone_id, WaterloggingRule.name))
-                if not isinstance(st, WaterloggingState):
-                    continue
-                outlook = self._outlook(w, zone_id)
-                seen = (None, None) if outlook is None else (outlook.level, outlook.observed)
-                if seen != st.rain_seen:  # only a changed signal can change the level
+                st = w.rules.get((zone_id, WATERLOGGING))
+                if st is not None and water.rain_changed(st, self._outlook(w, zone_id)):
                     changed.append(zone_id)
-            self._reassess(w, changed, obs.ts, only=WaterloggingRule.name)
+            self._reassess(w, changed, obs.ts, only=WATERLOGGING)
 
     def _centre(self, zone_id: str) -> Position:
         c = self._centres.get(zone_id)
@@ -829,7 +807,7 @@ class Engine:
         found = self._catchment.get(key)
         if found is None:
             found = tuple(z.id for z in self.zones.values()
-                          if WaterloggingRule.name in z.hazards and z.type in rp.at_risk_types
+                          if WATERLOGGING in z.hazards and z.type in rp.at_risk_types
                           and metres(position, self._centre(z.id)) <= rp.catchment_radius_m)
             self._catchment[key] = found
         return found
@@ -852,33 +830,27 @@ class Engine:
     # --- grid reports ---------------------------------------------------------------------
 
     def _report(self, w: _Work, det: Detection) -> None:
+        """A grid worker's report: offered to the zones of its category near it (each rule says
+        whether it matched there), or else an alert of its own in the worker's grid cell."""
         rp = self.params.reports
         category = det.attrs.get("category")
-        if not isinstance(category, str) or category not in rp.categories:
+        if not isinstance(category, str) or category not in rp.categories \
+                or category not in self.hazards:
             return  # "other": logged in the event store, not a hazard
         matched = False
         ctx = _Ctx(self, w)
+        rule = self._rules[category]
         for zone_id in self._near(det.position, category) if det.position is not None else ():
             zone = self.zones[zone_id]
             key = (zone_id, category)
             st = w.rules.get(key)
-            rule = self._rules[category]
-            if category == FallingObjectRule.name:
-                current = st if isinstance(st, FallingObjectState) else self._falling.initial()
-                new, changes = self._falling.evaluate(zone, current, det, ctx)
+            current = rule.initial() if st is None else st
+            new, changes, here = rule.corroborate(zone, current, det, ctx)
+            if new is not current:
                 self._set_rule(w, key, new)
-                self._emit(w, changes)
-                if changes or current.level is not None or any(
-                        s.source == "camera" and abs((s.ts - det.ts).total_seconds())
-                        <= self.params.falling_object.corroborate_s for s in current.sightings):
-                    matched = True
-                continue
-            level = None if st is None else rule.level(st)
-            if level is not None:
+            self._emit(w, changes)
+            if here:
                 matched = True
-                title = f"{zone.name}: {category.replace('_', ' ')} confirmed by a grid worker"
-                self._emit(w, [AlertChange(zone_id, category, level, det.ts, title,
-                                           (report_evidence(det),))])
                 continue
             cleared = w.cleared.get(key)
             if cleared is not None and timedelta(0) <= det.ts - cleared <= \
@@ -892,16 +864,14 @@ class Engine:
             return
         key = (cell, REPORT_RULE)
         rst = w.rules.get(key)
-        current_r = rst if isinstance(rst, ReportState) else self._reports.initial()
-        new_r, changes = self._reports.evaluate(self.zones[cell], current_r, det)
+        current_r = self._reports.initial() if rst is None else rst
+        new_r, changes = self._reports.evaluate(self.zones[cell], current_r, det, ctx)
         if new_r is not current_r:
             self._set_rule(w, key, new_r)
         self._emit(w, changes)
 
     def _near(self, position: Position, hazard: str) -> list[str]:
-        limit = self.params.reports.corroborate_m
-        if hazard == FallingObjectRule.name:
-            limit = max(limit, self.params.falling_object.corroborate_m)
+        limit = max(self.params.reports.corroborate_m, self._rules[hazard].report_radius_m)
         x, y = lonlat_to_utm(position[0], position[1])
         point = shapely.Point(float(x), float(y))
         out = []
@@ -915,17 +885,36 @@ class Engine:
                 out.append(zone.id)
         return out
 
+    def _routed_zones(self, kind: str, position: Position | None) -> tuple[tuple[str, str], ...]:
+        """(zone, hazard) pairs a device of this kind here also feeds, beyond the zones it lies
+        in: the zones of a hazard that routes its sensing by distance (a roof's wind gauge and
+        the fall zones below). Memoised: devices do not move."""
+        if position is None:
+            return ()
+        key = (kind, position)
+        found = self._routed.get(key)
+        if found is None:
+            found = tuple(
+                (z.id, h.name) for h in self.hazards.values()
+                if h.sensing.route and h.sensing.radius_m is not None and kind in h.sensing.kinds
+                for z in self.zones.values()
+                if h.name in z.hazards and metres(position, self._centre(z.id))
+                <= h.sensing.radius_m)
+            self._routed[key] = found
+        return found
+
     # --- risk -----------------------------------------------------------------------------
 
     def _all_sites(self, state: EngineState) -> dict[str, DeviceSite]:
         return {**self.registry, **state.sites}
 
     def _sensing(self, zone: Zone, hazard: str, sites: Mapping[str, DeviceSite]) -> list[str]:
-        kind = {"waterlogging": "water", "traffic": "traffic"}.get(hazard)
-        if kind is not None:
-            return [d for d, s in sites.items() if s.kind == kind and zone.id in s.zone_ids]
-        if hazard == FallingObjectRule.name:
-            c = self._centre(zone.id)
-            return [d for d, s in sites.items() if s.kind == "camera" and s.position is not None
-                    and metres(s.position, c) <= CAMERA_RANGE_M]
-        return []
+        h = self.hazards.get(hazard)
+        if h is None:
+            return []
+        kinds, radius = h.sensing.kinds, h.sensing.radius_m
+        if radius is None:
+            return [d for d, s in sites.items() if s.kind in kinds and zone.id in s.zone_ids]
+        c = self._centre(zone.id)
+        return [d for d, s in sites.items() if s.kind in kinds and s.position is not None
+                and metres(s.position, c) <= radius]
