@@ -15,7 +15,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from geo.crs import lonlat_to_utm, to_utm
-from geo.position import M_PER_DEG, Position, metres
+from geo.position import Position, metres, offset
 from geo.zones import Zone
 
 
@@ -40,9 +40,9 @@ class NearbyIndex:
         lon, lat = position
         if not (np.isfinite(lon) and np.isfinite(lat)):
             return []
-        dlat = radius_m / M_PER_DEG
-        dlon = dlat / max(0.01, np.cos(np.radians(lat)))
-        box = shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+        west, south = offset(position, -radius_m * 1.01, -radius_m * 1.01)
+        east, north = offset(position, radius_m * 1.01, radius_m * 1.01)
+        box = shapely.box(west, south, east, north)
         out: list[tuple[float, str]] = []
         for i in np.sort(self._tree.query(box)).tolist():
             z = self._zones[i]

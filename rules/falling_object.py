@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+from geo.position import Position, metres
 from geo.zones import Zone
 from rules.base import (
     FALLING_OBJECT_PATTERN,
@@ -29,7 +30,6 @@ from rules.base import (
     AlertChange,
     Detection,
     Observation,
-    Position,
     RuleContext,
 )
 from rules.hazard import AlertKind, Hazard, Label, Metric, Sensing, Service
@@ -41,13 +41,6 @@ EVENT_TYPE = "falling_object"
 REPORT_TYPE = "report"
 REPORT_CONFIDENCE = 0.5  # a person saw it fall: good, but not a camera track
 CAMERA_RANGE_M = 300.0  # a camera watches the fall zones this close to it
-_M_PER_DEG = 111_320.0
-
-
-def metres(a: Position, b: Position) -> float:
-    """Equirectangular distance: exact to centimetres over the few hundred metres used here."""
-    k = math.cos(math.radians((a[1] + b[1]) / 2))
-    return math.hypot((b[0] - a[0]) * _M_PER_DEG * k, (b[1] - a[1]) * _M_PER_DEG)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from rules.base import Position
+from geo.position import Position
 from rules.levels import Level
 from rules.params import RainParams
 

@@ -30,7 +30,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from shapely.geometry import Point
 
-from simulators.devices.base import Position, Site, distance_m
+from geo.position import Position, metres
+from simulators.devices.base import Site
 from simulators.devices.camera import detection_confidence, detection_distance_m, is_night
 from simulators.errors import ScenarioError
 from simulators.physics.ballistics import fall_time_s, release_height_m
@@ -576,7 +577,7 @@ def _bind_incident(spec: Incident, start: datetime, devices: Sequence[Device],
     if chosen is None:
         chosen = rng.choice(sorted(detectors))
     pos = detectors[chosen].position
-    distances = {d.id: distance_m(pos, d.position) / 1000 for d in detectors.values()}
+    distances = {d.id: metres(pos, d.position) / 1000 for d in detectors.values()}
     at = start + timedelta(seconds=spec.at)
     # Automatic incident detection needs the queue to form: 30 s to 2 minutes.
     detected = at + timedelta(seconds=rng.uniform(30, 120))
@@ -596,7 +597,7 @@ def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequ
         log.warning("thrower names camera %r, which is not in the fleet; picking one", th.camera)
     if camera is None and zone is not None and cameras:
         c = zone.geometry.centroid
-        camera = min(cameras.values(), key=lambda d: distance_m(d.position, (c.x, c.y)))
+        camera = min(cameras.values(), key=lambda d: metres(d.position, (c.x, c.y)))
     if camera is None and cameras:
         camera = cameras[rng.choice(sorted(cameras))]
     if camera is None:
@@ -607,7 +608,7 @@ def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequ
 
         def dist(z: Zone) -> float:
             c = z.geometry.centroid
-            return distance_m(cam_pos, (c.x, c.y))
+            return metres(cam_pos, (c.x, c.y))
 
         zone = min(fall_zones, key=dist)
     building_id = th.building_id or f"B-{rng.randrange(1, 10_000):04d}"

@@ -12,8 +12,9 @@ import random
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from geo.position import Position
 from sensing.decode import BUILTIN_KINDS, KindSpec
-from simulators.devices.base import BaseDevice, Output, Position, Site
+from simulators.devices.base import BaseDevice, Output, Site
 from simulators.physics.runoff import SITES, Catchment, Reservoir
 
 if TYPE_CHECKING:
