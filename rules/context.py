@@ -23,6 +23,13 @@ DRY_RAIN_MM_H = 0.1  # a rain gauge reading no more than this sees no rain
 HEAVY_RAIN_MM_H = 30.0  # smoothed: every low point of the catchment should be filling
 
 
+_CELL_M = 900.0  # the rain gauges' grid: a little under a hundredth of a degree either way
+
+
+def _cell(position: Position) -> tuple[int, int]:
+    return int(position[0] // 0.01), int(position[1] // 0.01)
+
+
 class World:
     """The fixed world (zones, registered devices, parameters) and what follows from it."""
 
@@ -33,6 +40,36 @@ class World:
         self._water = water_hazard
         self._catchment: dict[Position, tuple[str, ...]] = {}
         self._zone_devices_memo: dict[str, tuple[str, ...]] | None = None
+        # Registered rain gauges in cells of about a kilometre, and those near a place (fixed).
+        self._rain_cells: dict[tuple[int, int], list[DeviceSite]] = {}
+        for site in registry.values():
+            if site.kind == "rain" and site.position is not None:
+                self._rain_cells.setdefault(_cell(site.position), []).append(site)
+        self._rain_near: dict[tuple[Position, float], tuple[str, ...]] = {}
+
+    def rain_gauges_near(self, w: Work, position: Position, radius_m: float
+                         ) -> list[rainmod.RainGauge]:
+        """The rain gauges the engine has heard of within ``radius_m`` of ``position``: the
+        registered ones near it (memoised) and any unregistered or moved one (``w.sites``)."""
+        key = (position, radius_m)
+        near = self._rain_near.get(key)
+        if near is None:
+            reach = int(radius_m / _CELL_M) + 2
+            cx, cy = _cell(position)
+            near = tuple(s.device_id for dx in range(-reach, reach + 1)
+                         for dy in range(-reach, reach + 1)
+                         for s in self._rain_cells.get((cx + dx, cy + dy), ())
+                         if s.position is not None and metres(position, s.position) <= radius_m)
+            self._rain_near[key] = near
+        ids = dict.fromkeys(near)
+        ids.update(dict.fromkeys(d for d, s in w.sites.items() if s.kind == "rain"))
+        out = []
+        for d in ids:
+            g = w.rain.get(d)
+            if g is not None and g.position is not None and \
+                    metres(position, g.position) <= radius_m:
+                out.append(g)
+        return out
 
     def catchment_zones(self, position: Position) -> tuple[str, ...]:
         """The at-risk waterlogging zones whose catchment a rain gauge here is in."""
@@ -55,8 +92,8 @@ class World:
         neighbours: set[str] = set()
         if obs.kind == "rain":
             if obs.position is not None:
-                neighbours = {g.device_id for g in w.rain.values() if g.position is not None
-                              and metres(obs.position, g.position) <= p.neighbour_radius_m}
+                neighbours = {g.device_id for g in self.rain_gauges_near(
+                    w, obs.position, p.neighbour_radius_m)}
         else:
             zone_devices = self.zone_devices(w)
             for zone_id in obs.zone_ids:
@@ -115,11 +152,11 @@ class World:
         seen = timedelta(seconds=p.device_health.dry_min_observed_s)
         amounts: list[float] = []
         rates: list[float] = []
-        for g in w.rain.values():
+        for g in self.rain_gauges_near(w, position, radius):
             h = w.health.get(g.device_id)
-            if g.position is None or (h is not None and not h.trusted):
+            if h is not None and not h.trusted:
                 continue
-            if ts - g.last_ts > FRESH or metres(position, g.position) > radius:
+            if ts - g.last_ts > FRESH:
                 continue
             rates.append(g.smooth_mm_h)
             if ts - g.first_ts >= seen:
@@ -134,14 +171,13 @@ class World:
         centre = self.nearby.centre(zone_id)
         now = w.now
         gauges = []
-        for g in w.rain.values():
+        for g in self.rain_gauges_near(w, centre, rp.catchment_radius_m):
             h = w.health.get(g.device_id)
-            if g.position is None or (h is not None and not h.trusted):
+            if h is not None and not h.trusted:
                 continue
             if now is not None and now - g.last_ts > FRESH:
                 continue
-            if metres(centre, g.position) <= rp.catchment_radius_m:
-                gauges.append(g)
+            gauges.append(g)
         return rainmod.outlook(sorted(gauges, key=lambda g: g.device_id), rp)
 
 

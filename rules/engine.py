@@ -385,8 +385,11 @@ class Engine:
 
 
     def _learn_site(self, w: Work, obs: Observation) -> DeviceSite:
-        site = w.sites.get(obs.device_id)
-        if site is None or site.zone_ids != obs.zone_ids or site.position != obs.position:
+        site = w.sites.get(obs.device_id) or self.registry.get(obs.device_id)
+        if site is None or site.zone_ids != obs.zone_ids or site.position != obs.position \
+                or site.kind != obs.kind:
+            # Only what the registry does not already say (an unregistered or moved device):
+            # a city's fixed devices cost the state nothing here.
             site = DeviceSite(obs.device_id, obs.kind, obs.position, obs.zone_ids)
             w.sites[obs.device_id] = site
         return site

@@ -55,8 +55,8 @@ class EngineState:
     rain: Mapping[str, rainmod.RainGauge] = field(default_factory=_empty)
     sites: Mapping[str, DeviceSite] = field(default_factory=_empty)
     marks: Mapping[tuple[str, str], tuple[datetime, Any]] = field(default_factory=_empty)
-    recent: Mapping[tuple[str, str], tuple[tuple[datetime, Any], ...]] = field(
-        default_factory=_empty)
+    # per (device, channel): rules.event_time.Recent, what was evaluated lately (dedup)
+    recent: Mapping[tuple[str, str], Any] = field(default_factory=_empty)
     cleared: Mapping[tuple[str, str], datetime] = field(default_factory=_empty)
     buffer: tuple[tuple[tuple[Any, ...], Item], ...] = ()  # held for reordering, in order
     buffered: frozenset[tuple[str, str, Any]] = frozenset()
@@ -109,8 +109,7 @@ class Work:
         self.rain: CopyOnWrite[str, rainmod.RainGauge] = CopyOnWrite(s.rain)
         self.sites: CopyOnWrite[str, DeviceSite] = CopyOnWrite(s.sites)
         self.marks: CopyOnWrite[tuple[str, str], tuple[datetime, Any]] = CopyOnWrite(s.marks)
-        self.recent: CopyOnWrite[tuple[str, str], tuple[tuple[datetime, Any], ...]] = \
-            CopyOnWrite(s.recent)
+        self.recent: CopyOnWrite[tuple[str, str], Any] = CopyOnWrite(s.recent)
         self.cleared: CopyOnWrite[tuple[str, str], datetime] = CopyOnWrite(s.cleared)
         self._buffer_base = s.buffer
         self._buffer: list[tuple[tuple[Any, ...], Item]] | None = None

@@ -11,7 +11,9 @@ between, stamped when they became due).
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +22,37 @@ from rules.engine_state import Item, Work
 
 Step = Callable[[Work, datetime], None]
 Apply = Callable[[Work, Item], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """What one device's channel had evaluated within the deduplication window, compactly (a
+    city's worth of devices keeps one each): times as epoch seconds and the sequence numbers
+    (telemetry) or event ids, oldest first. Never changed in place: a new one per reading."""
+
+    ts: array[float]
+    keys: array[int] | tuple[str, ...]
+
+    def seen(self, key: Any) -> bool:
+        return any(k == key for k in self.keys) if isinstance(self.keys, tuple) else \
+            isinstance(key, int) and key in self.keys
+
+    def add(self, ts: float, key: Any, cut: float) -> Recent:
+        """With (``ts``, ``key``) added and what is older than ``cut`` dropped."""
+        start = bisect.bisect_left(self.ts, cut) if self.ts and self.ts[0] < cut else 0
+        times = self.ts[start:] if start else array("d", self.ts)
+        times.append(ts)
+        if isinstance(self.keys, array) and isinstance(key, int) and \
+                -(2 ** 63) <= key < 2 ** 63:
+            keys: array[int] | tuple[str, ...] = self.keys[start:] if start else \
+                array("q", self.keys)
+            keys.append(key)  # type: ignore[union-attr]
+        else:
+            keys = (*self.keys[start:], key)
+        return Recent(times, keys)
+
+
+EMPTY_RECENT = Recent(array("d"), array("q"))
 
 
 def channel(item: Item) -> tuple[str, Any]:
@@ -42,7 +75,8 @@ class EventTime:
         mark = w.marks.get(mk)
         if mark is not None and (item.ts, tiebreak) <= mark:
             # Behind what the device already had evaluated: a redelivery, or too late.
-            seen = any(k == tiebreak for _, k in w.recent.get(mk) or ())
+            recent = w.recent.get(mk)
+            seen = recent is not None and recent.seen(tiebreak)
             w.count("duplicates" if seen else "too_late")
             return
         if w.has_buffer() and ident in w.buffered:
@@ -98,8 +132,6 @@ class EventTime:
         mark = w.marks.get(mk)
         if mark is None or (item.ts, tiebreak) > mark:
             w.marks[mk] = (item.ts, tiebreak)
-        cut = item.ts - self._dedup
-        recent = w.recent.get(mk) or ()
-        if recent and recent[0][0] < cut:
-            recent = tuple(r for r in recent if r[0] >= cut)
-        w.recent[mk] = (*recent, (item.ts, tiebreak))
+        ts = item.ts.timestamp()
+        recent = w.recent.get(mk) or EMPTY_RECENT
+        w.recent[mk] = recent.add(ts, tiebreak, ts - self._dedup.total_seconds())
