@@ -66,6 +66,7 @@ from alerts.standards_api import standards_router
 from alerts.stream import StreamHub, stream_router
 from geo.zones import Zone
 from rules import registry
+from sensing.times import iso_utc
 
 AlertState = Literal["active", "acknowledged", "resolved"]
 OrderState = Literal["open", "assigned", "accepted", "resolved", "closed"]
@@ -432,7 +433,7 @@ def _file_route(path: Path) -> Callable[[], FileResponse]:
 
 
 def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
+    return iso_utc(ts) if ts else None
 
 
 def dumps(obj: Mapping[str, Any]) -> str:

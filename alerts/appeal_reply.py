@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from rules import registry
 from rules.hazard import Metric
+from rules.levels import Level
 
 Lang = Literal["en", "zh"]
 Trend = Literal["rising", "falling", "steady"]
@@ -48,8 +49,7 @@ class _Words(Mapping[str, tuple[str, str]]):
 
 
 HAZARD_WORDS: Final[Mapping[str, tuple[str, str]]] = _Words()
-LEVELS: Final[Mapping[int, tuple[str, str]]] = {
-    1: ("red", "红色"), 2: ("orange", "橙色"), 3: ("yellow", "黄色"), 4: ("blue", "蓝色")}
+LEVELS: Final[Mapping[int, tuple[str, str]]] = {lv.value: (lv.colour, lv.zh) for lv in Level}
 # How a trend reads for a hazard that is worse when its reading rises (water) or falls (speed).
 _TRENDS: Final[Mapping[tuple[str, Trend], tuple[str, str]]] = {
     ("above", "rising"): ("rising", "仍在上涨"),

@@ -31,6 +31,7 @@ from alerts.responses import NOT_FOUND
 from geo.zones import Zone
 from rules import registry
 from rules.hazard import Hazard
+from sensing.times import iso_utc
 
 BUCKET: Final = timedelta(minutes=5)
 # name -> (unit, waterlogging/traffic rule that gives its thresholds, crossing direction)
@@ -115,7 +116,7 @@ def hazards_document() -> dict[str, Any]:
 
 
 def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(ts, "seconds")
 
 
 def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequence[Zone],

@@ -26,6 +26,7 @@ from alerts.lifecycle import AlertsError
 from alerts.policy import INSTRUCTIONS
 from geo.zones import Zone
 from rules import registry
+from sensing.times import iso_utc
 
 # GeoReport v2: "Default query limit is a span of 90 days or first 1000 requests returned,
 # whichever is smallest", and a start_date..end_date range may not span more than 90 days.
@@ -173,7 +174,7 @@ def w3c(value: Any) -> str | None:
     ts = _time(value)
     if ts is None:
         return None
-    return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(ts, "seconds")
 
 
 def to_request(order: Mapping[str, Any], zone: Zone | None,

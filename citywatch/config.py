@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rules import registry
+from rules.levels import LEVEL_NAMES, LevelName
 from rules.params import RulesParams
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -232,8 +233,8 @@ class Route(_Strict):
     zone_type: str = Field(description="a zone type, or '*' for any")
     department: str
     team: str
-    levels: tuple[Literal["red", "orange", "yellow", "blue"], ...] = Field(
-        default=("red", "orange", "yellow", "blue"), description="levels this route takes")
+    levels: tuple[LevelName, ...] = Field(
+        default=LEVEL_NAMES, description="levels this route takes")
 
 
 class Device(_Strict):
@@ -258,8 +259,6 @@ class Device(_Strict):
         return v
 
 
-LevelName = Literal["red", "orange", "yellow", "blue"]
-LEVEL_NAMES: tuple[LevelName, ...] = ("red", "orange", "yellow", "blue")
 
 
 class WorkOrdersConfig(_Strict):
@@ -299,7 +298,7 @@ class WorkOrdersConfig(_Strict):
     @field_validator("respond_within_min", "resolve_within_min")
     @classmethod
     def _all_levels(cls, v: dict[str, float]) -> dict[str, float]:
-        missing = {"red", "orange", "yellow", "blue"} - set(v)
+        missing = set(LEVEL_NAMES) - set(v)
         if missing:
             raise ValueError(f"expected a value for every level; missing {sorted(missing)}")
         if any(m <= 0 for m in v.values()):

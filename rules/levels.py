@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from enum import IntEnum
-from typing import overload
+from typing import Literal, cast, overload
 
 
 class Level(IntEnum):
@@ -18,11 +18,20 @@ class Level(IntEnum):
         return self.name.lower()
 
     @property
+    def zh(self) -> str:
+        return {1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色"}[self.value]
+
+    @property
     def cap_severity(self) -> str:
         return {1: "Extreme", 2: "Severe", 3: "Moderate", 4: "Minor"}[self.value]
 
     def more_severe_than(self, other: Level | None) -> bool:
         return other is None or self.value < other.value
+
+
+# The levels' names as configuration and the API spell them, most severe first.
+LevelName = Literal["red", "orange", "yellow", "blue"]
+LEVEL_NAMES: tuple[LevelName, ...] = tuple(cast(LevelName, lv.colour) for lv in Level)
 
 
 class _HazardNames(Sequence[str]):

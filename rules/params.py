@@ -8,11 +8,11 @@ generated ``config.yaml`` sets the tuned values.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-LevelName = Literal["red", "orange", "yellow", "blue"]
+from rules.levels import LevelName
 
 
 class _Strict(BaseModel):

@@ -39,8 +39,8 @@ from simulators.physics.rain import ChicagoStorm, StormCell, texture
 from simulators.physics.traffic import daily_demand, queue_dissolves_s, queue_extent_km
 
 if TYPE_CHECKING:
-    from citywatch.config import Device
     from geo.zones import Zone
+    from simulators.configured import DeviceConfig
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ class ScenarioState:
 
     @classmethod
     def build(cls, scenario: Scenario, start: datetime, seed: int,
-              devices: Sequence[Device], zones: Sequence[Zone] = (),
+              devices: Sequence[DeviceConfig], zones: Sequence[Zone] = (),
               sites: Mapping[str, Site] | None = None) -> ScenarioState:
         if start.tzinfo is None:
             raise ScenarioError("start: expected a timezone-aware datetime")
@@ -525,12 +525,12 @@ def _known(ids: Sequence[str], zones_by_id: Mapping[str, Zone]) -> list[str]:
     return [z for z in ids if z in zones_by_id]
 
 
-def _devices_in(zone: Zone, devices: Sequence[Device], kind: str) -> list[str]:
+def _devices_in(zone: Zone, devices: Sequence[DeviceConfig], kind: str) -> list[str]:
     return sorted(d.id for d in devices
                   if d.kind == kind and zone.geometry.covers(Point(d.position)))
 
 
-def _congestion_targets(c: Congestion, devices: Sequence[Device], zones: Sequence[Zone],
+def _congestion_targets(c: Congestion, devices: Sequence[DeviceConfig], zones: Sequence[Zone],
                         rng: random.Random) -> frozenset[str]:
     detectors = sorted(d.id for d in devices if d.kind == "traffic")
     zones_by_id = {z.id: z for z in zones}
@@ -555,7 +555,7 @@ def _congestion_targets(c: Congestion, devices: Sequence[Device], zones: Sequenc
     return frozenset(targets)
 
 
-def _bind_incident(spec: Incident, start: datetime, devices: Sequence[Device],
+def _bind_incident(spec: Incident, start: datetime, devices: Sequence[DeviceConfig],
                    zones: Sequence[Zone], rng: random.Random) -> BoundIncident | None:
     detectors = {d.id: d for d in devices if d.kind == "traffic"}
     if not detectors:
@@ -585,7 +585,7 @@ def _bind_incident(spec: Incident, start: datetime, devices: Sequence[Device],
                          detected, rng.uniform(*spec.confidence))
 
 
-def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequence[Zone],
+def _throws(th: Thrower, start: datetime, devices: Sequence[DeviceConfig], zones: Sequence[Zone],
             rng: random.Random) -> list[Throw]:
     cameras = {d.id: d for d in devices if d.kind == "camera"}
     fall_zones = sorted((z for z in zones if z.type == "fall_zone"), key=lambda z: z.id)
@@ -621,7 +621,7 @@ def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequ
     return sorted(out, key=lambda x: x.at)
 
 
-def _drain_targets(d: DrainFailure, devices: Sequence[Device], zones: Sequence[Zone],
+def _drain_targets(d: DrainFailure, devices: Sequence[DeviceConfig], zones: Sequence[Zone],
                    prone: Mapping[str, Position], rng: random.Random) -> frozenset[str]:
     zones_by_id = {z.id: z for z in zones}
     targets = {g for zid in _known(d.zones, zones_by_id)
@@ -632,7 +632,7 @@ def _drain_targets(d: DrainFailure, devices: Sequence[Device], zones: Sequence[Z
     return frozenset(targets)
 
 
-def _bind_faults(faults: Sequence[Fault], start: datetime, devices: Sequence[Device],
+def _bind_faults(faults: Sequence[Fault], start: datetime, devices: Sequence[DeviceConfig],
                  rng: random.Random) -> list[BoundFault]:
     out: list[BoundFault] = []
     ids = {d.id: d for d in devices}

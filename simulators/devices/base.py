@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from geo.position import Position, offset
+from sensing.times import iso_utc
 
 if TYPE_CHECKING:
-    from citywatch.config import Device
     from sensing.decode import KindSpec
+    from simulators.configured import DeviceConfig
     from simulators.scenario import ScenarioState
 
 Payload = dict[str, Any]  # one JSON object of CONTRACT section 1
@@ -31,11 +32,7 @@ BATTERY_CUTOFF_V = 3.3  # a Li-ion cell's protection circuit cuts the device off
 
 def rfc3339(t: datetime) -> str:
     """``2026-11-23T08:15:00.250Z``: UTC, milliseconds, ``Z`` (CONTRACT: times)."""
-    if t.tzinfo is None:
-        raise ValueError("expected a timezone-aware datetime")
-    u = t if t.tzinfo is UTC else t.astimezone(UTC)
-    # isoformat is C code and truncates to milliseconds as devices do; strftime is 5x slower.
-    return u.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return iso_utc(t)
 
 
 def offset_m(pos: Position, east_m: float, north_m: float) -> Position:
@@ -97,7 +94,7 @@ class BaseDevice:
         self._seq = 0
 
     @classmethod
-    def create(cls, device: Device, site: Site, rng: random.Random) -> BaseDevice:
+    def create(cls, device: DeviceConfig, site: Site, rng: random.Random) -> BaseDevice:
         del site  # most kinds do not care which zones they stand in
         return cls(device.id, device.position, rng)
 
