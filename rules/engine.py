@@ -118,7 +118,9 @@ class Engine:
                       now: datetime | None = None) -> tuple[EngineState, list[AlertChange]]:
         """Feed many items, then ``tick`` to ``now`` if given: one copy of the state for all."""
         w = Work(state)
-        for item in items:
+        batch = list(items)
+        w.arrived = max((i.ts for i in batch), default=None)
+        for item in batch:
             self._event_time.submit(w, item)
         if now is not None:
             self._event_time.tick(w, now)
@@ -404,7 +406,7 @@ class Engine:
         else:
             new_h = h if h.last_ts is not None and h.last_ts >= obs.ts else \
                 replace(h, last_ts=obs.ts)
-        heard = obs.ts if w.clock is None else max(obs.ts, w.clock)
+        heard = max(t for t in (obs.ts, w.clock, w.arrived) if t is not None)
         if new_h.heard is None or heard > new_h.heard:
             new_h = replace(new_h, heard=heard)
         self._set_health(w, obs.device_id, h, new_h, obs.ts)

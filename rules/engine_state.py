@@ -119,6 +119,10 @@ class Work:
         self.counts = {f.name: getattr(s.counts, f.name) for f in fields(Counts)}
         self.changes: list[AlertChange] = []
         self.now: datetime | None = None  # the time rules are being asked about
+        # The newest event time among the items fed together: each device in the batch was heard
+        # no earlier than that (a device whose clock is still being judged may stamp its readings
+        # an hour back; silence must not count from there).
+        self.arrived: datetime | None = None
         self.heap: list[tuple[datetime, int, tuple[str, str]]] | None = None  # rules.timeouts
 
     @property
