@@ -6,7 +6,7 @@ The shipped fleet is scaled to ``--devices`` (``simulators.runner.scale_fleet``:
 shares kept, copies within 300 m of an original), placed in the district's zones and given to
 the engine as its registry. Every device that sends telemetry (water, rain and traffic; cameras
 and grid workers send events) then reports every ``telemetry_interval_s`` of the config for
-``--minutes`` of event time, in quiet weather (nothing raises an alert), through
+``--minutes`` of event time, in dry weather and flowing traffic, through
 ``Engine.evaluate_many`` in batches as the pipeline feeds it. ``tracemalloc`` measures the
 memory the final ``EngineState`` holds (traced after the readings are dropped), divided by the
 registered devices and by the reporting ones (the rain signal is off: see ``main``). The
