@@ -37,13 +37,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,7 +63,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -91,12 +92,17 @@ MQTT_PREFIX = "$MQTT.msgs."
 PARTS_STREAM = "CW_PARTS"
 LEASES = "cw_leases"
 ROUTER = "router"
-LEASE_TTL_S = 5.0
+# A node's death takes JetStream a few seconds to elect new leaders (about 5 s measured here, on
+# 2 busy cores): a lease must outlive that, or every worker fences itself at once.
+LEASE_TTL_S = 10.0
 RENEW_S = 1.0
-FENCE_S = 3.5  # stop evaluating if no renewal succeeded for this long (< LEASE_TTL_S)
+KV_TIMEOUT_S = 2.0
+FENCE_S = 7.0  # stop evaluating if no renewal succeeded for this long (< LEASE_TTL_S)
+WORKERS_KEY = "workers"  # {worker: unix time of its last round}: one key, no listing
 ACK_WAIT_S = 10.0
 MAX_ACK_PENDING = 1000  # per partition: within the ingest queue's budget, so it never blocks
 SINGLETON = "singleton"
+DEVICE_CHANNELS = ("telemetry", "event", "status")  # sensing.topics.SUBSCRIPTIONS
 
 
 def subject_to_topic(subject: str) -> str:
@@ -173,8 +179,12 @@ class ClusterWorker:
     async def ensure_streams(self) -> None:
         js = self.js
         assert js is not None
+        # NATS makes its MQTT streams when the first MQTT client connects: be that client.
+        if self.mqtt_ports:
+            await asyncio.to_thread(touch_mqtt, self.mqtt_ports[0], self.mqtt_password,
+                                    f"citywatch-setup-{self.me}")
         await ensure_topology(js, self.parts.partitions)
-        self.kv = await js.key_value(LEASES)
+        self.kv = await self.kv_js.key_value(LEASES)
 
     # --- routing ---------------------------------------------------------------------------
     async def route_loop(self) -> None:
@@ -203,12 +213,16 @@ class ClusterWorker:
             subject = m.subject.removeprefix(MQTT_PREFIX)
             parts = subject.split(".")
             seq = m.metadata.sequence.stream
-            if len(parts) == 4 and parts[0] == "city" and parts[1] == "dispatch":
+            if len(parts) != 4 or parts[0] != "city":
+                continue  # not for the engine (the single-machine engine never subscribes)
+            if parts[1] == "dispatch":
+                if parts[3] != "ack":
+                    continue  # our own dispatches, published by the outbox
                 targets = [(self.parts.partitions[0], HOME)]  # a team's answer: not zone state
-            elif len(parts) >= 4 and parts[0] == "city":
+            elif parts[3] in DEVICE_CHANNELS:
                 targets = self.parts.route(parts[2], parts[3])
             else:
-                targets = [(self.parts.partitions[0], HOME)]  # the pipeline rejects it
+                continue  # zone states, dead letters: ours
             for p, how in targets:
                 sends.append(js.publish(f"cwp.{p}.{how}.{subject}", m.data, stream=PARTS_STREAM,
                                         headers={"Nats-Msg-Id": f"{seq}.{p}"}))
@@ -221,7 +235,7 @@ class ClusterWorker:
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                await self.lease_round()
+                await asyncio.wait_for(self.lease_round(), RENEW_S + 2 * KV_TIMEOUT_S)
                 self.last_renewed = started
             except Exception as exc:
                 log.warning("lease round failed (%s)", exc)
@@ -243,12 +257,8 @@ class ClusterWorker:
             except KeyWrongLastSequenceError:
                 log.error("partition %s: lease lost; stopping it", p)
                 await self.release(p, delete=False)
-        await kv.put(f"w.{self.me}", str(time.time()).encode())
+        live = await self.heartbeat(kv)
         await self.singleton_round(kv)
-        try:
-            live = [k for k in await kv.keys() if k.startswith("w.")]
-        except NoKeysError:
-            live = []
         target = math.ceil(len(self.parts.partitions) / max(1, len(live)))
         for p in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - target)]:
             log.info("partition %s: released for balance (%d workers)", p, len(live))
@@ -265,6 +275,32 @@ class ClusterWorker:
             await self.claim(p, rev)
             if len(self.owned) >= target:
                 return
+
+    async def heartbeat(self, kv: KeyValue, leaving: bool = False) -> list[str]:
+        """Note this worker alive (or gone) in the workers key; the workers alive."""
+        for _ in range(5):
+            try:
+                entry = await kv.get(WORKERS_KEY)
+                seen = json.loads(entry.value or b"{}")
+                rev: int | None = entry.revision
+            except KeyNotFoundError:
+                seen, rev = {}, None
+            now = time.time()
+            seen = {w: t for w, t in seen.items() if now - t < LEASE_TTL_S}
+            if leaving:
+                seen.pop(self.me, None)
+            else:
+                seen[self.me] = now
+            body = json.dumps(seen).encode()
+            try:
+                if rev is None:
+                    await kv.create(WORKERS_KEY, body)
+                else:
+                    await kv.update(WORKERS_KEY, body, last=rev)
+                return sorted(seen)
+            except KeyWrongLastSequenceError:
+                continue  # another worker's heartbeat came first
+        return [self.me]
 
     async def singleton_round(self, kv: KeyValue) -> None:
         if self.singleton_rev is not None:
@@ -460,6 +496,7 @@ class ClusterWorker:
                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                      connect_timeout=2)
         self.js = self.nc.jetstream(timeout=5)
+        self.kv_js = self.nc.jetstream(timeout=KV_TIMEOUT_S)
         await self.ensure_streams()
         stop_ticks = threading.Event()
         ticker = threading.Thread(target=self.tick_loop, args=(stop_ticks,), daemon=True)
@@ -477,7 +514,7 @@ class ClusterWorker:
         stop_ticks.set()
         if self.kv is not None:
             with contextlib.suppress(Exception):
-                await self.kv.delete(f"w.{self.me}")
+                await self.heartbeat(self.kv, leaving=True)
         await self.nc.drain()
 
     def request_stop(self) -> None:
@@ -487,25 +524,50 @@ class ClusterWorker:
 
 async def ensure_topology(js: JetStreamContext, partitions: Sequence[str]) -> None:
     """The partition stream, its consumers, the router's consumer and the lease bucket; every
-    call may race another worker's, and adding what exists with the same settings is a no-op."""
-    await js.add_stream(StreamConfig(
-        name=PARTS_STREAM, subjects=["cwp.>"], retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE, num_replicas=3, duplicate_window=120.0))
+    call may race another worker's, and adding what exists with the same settings is a no-op.
+    A replicated stream being created by another worker can time a request out: try again."""
     for _ in range(100):  # NATS makes the MQTT stream when the first MQTT client comes
         try:
             await js.stream_info(MQTT_STREAM)
             break
         except nats.js.errors.NotFoundError:
             await asyncio.sleep(0.2)
-    await js.add_consumer(MQTT_STREAM, ConsumerConfig(
+    await _retry(lambda: js.add_stream(StreamConfig(
+        name=PARTS_STREAM, subjects=["cwp.>"], retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE, num_replicas=3, duplicate_window=120.0)))
+    await _retry(lambda: js.add_consumer(MQTT_STREAM, ConsumerConfig(
         durable_name=ROUTER, filter_subject=MQTT_PREFIX + "city.>", ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S, max_ack_pending=4000, deliver_policy=DeliverPolicy.ALL))
+        ack_wait=ACK_WAIT_S, max_ack_pending=4000, deliver_policy=DeliverPolicy.ALL)))
     for p in partitions:
-        await js.add_consumer(PARTS_STREAM, ConsumerConfig(
+        await _retry(lambda p=p: js.add_consumer(PARTS_STREAM, ConsumerConfig(  # type: ignore[misc]
             durable_name=f"part-{p}", filter_subject=f"cwp.{p}.>",
             ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-            max_ack_pending=MAX_ACK_PENDING, deliver_policy=DeliverPolicy.ALL))
-    await js.create_key_value(bucket=LEASES, history=1, ttl=LEASE_TTL_S, replicas=3)
+            max_ack_pending=MAX_ACK_PENDING, deliver_policy=DeliverPolicy.ALL)))
+    await _retry(lambda: js.create_key_value(bucket=LEASES, history=1, ttl=LEASE_TTL_S,
+                                             replicas=3))
+
+
+async def _retry(make: Callable[[], Awaitable[object]], attempts: int = 20) -> None:
+    for i in range(attempts):
+        try:
+            await make()
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if i == attempts - 1:
+                raise
+            log.info("JetStream busy (%s); trying again", type(exc).__name__)
+            await asyncio.sleep(0.5)
+
+
+def touch_mqtt(port: int, password: str, client_id: str) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    c.username_pw_set("engine", password)
+    try:
+        c.connect("127.0.0.1", port, keepalive=10)
+        c.loop(timeout=2.0)
+        c.disconnect()
+    except OSError as exc:
+        log.warning("could not reach the MQTT listener on %d (%s)", port, exc)
 
 
 class RotatingPublisher:
@@ -524,7 +586,9 @@ class RotatingPublisher:
         c.reconnect_delay_set(min_delay=1, max_delay=2)
         c.on_connect = lambda *_a: self.connected.set()
         c.on_disconnect = self._moved
-        c.connect_async(*self._nodes[0], keepalive=10)
+        c.on_connect_fail = self._moved  # a node that is down at start: the next one
+        self._i = sum(client_id.encode()) % len(self._nodes)  # workers spread over the nodes
+        c.connect_async(*self._nodes[self._i], keepalive=10)
         c.loop_start()
 
     def _moved(self, *_a: Any) -> None:
