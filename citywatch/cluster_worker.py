@@ -506,6 +506,7 @@ class ClusterWorker:
         log.info("worker %s: %d partitions in the cluster: %s", self.me,
                  len(self.parts.partitions), ", ".join(self.parts.partitions))
         await self._stopping.wait()
+        log.info("worker %s stopping: releasing %d partitions", self.me, len(self.owned))
         for t in tasks:
             t.cancel()
         for p in list(self.owned):
@@ -515,7 +516,9 @@ class ClusterWorker:
         if self.kv is not None:
             with contextlib.suppress(Exception):
                 await self.heartbeat(self.kv, leaving=True)
-        await self.nc.drain()
+        # Not drain(): it waits on the pull subscriptions' inboxes, which never end here.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.nc.close(), 5)
 
     def request_stop(self) -> None:
         if self.loop is not None:
