@@ -143,17 +143,38 @@ def drop_db(url: str) -> None:
 def setup_topology(info: dict[str, Any]) -> None:
     import nats
 
-    from citywatch.cluster_worker import ensure_topology, touch_mqtt
+    from citywatch.cluster_worker import ensure_topology, nats_options, touch_mqtt
     from tests.fix_cluster import partition_names
 
     touch_mqtt(info["mqtt_ports"][0], info["engine_password"], "bench-setup")
 
     async def run() -> None:
-        nc = await nats.connect(servers=info["nats_urls"])
+        nc = await nats.connect(**nats_options(info["nats_urls"]))
         await ensure_topology(nc.jetstream(timeout=5), partition_names())
         await nc.close()
 
     asyncio.run(run())
+
+
+def backlog(info: dict[str, Any]) -> tuple[int, int]:
+    """Where the backlog waits: (not yet routed, routed but not yet stored and acked)."""
+    import nats
+
+    from citywatch.cluster_worker import nats_options
+    from tests.fix_cluster import partition_names
+
+    async def run() -> tuple[int, int]:
+        nc = await nats.connect(**nats_options(info["nats_urls"]))
+        js = nc.jetstream(timeout=5)
+        r = await js.consumer_info("$MQTT_msgs", "router")
+        parts = 0
+        for p in partition_names():
+            c = await js.consumer_info("CW_PARTS", f"part-{p}")
+            parts += c.num_pending + c.num_ack_pending
+        await nc.close()
+        return r.num_pending + r.num_ack_pending, parts
+
+    return asyncio.run(run())
 
 
 def one_run(info: dict[str, Any], n_workers: int, msgs: list[tuple[str, bytes]],
@@ -187,6 +208,9 @@ def one_run(info: dict[str, Any], n_workers: int, msgs: list[tuple[str, bytes]],
             cpu0 = {"workers": sum(cpu_seconds(p.pid) for p in procs),
                     "nats": sum(cpu_seconds(int(v["pid"])) for v in info["nodes"].values()),
                     "postgres": postgres_cpu()}
+        if "mid" not in marks and have >= n * 0.5:
+            marks["mid"] = now
+            waiting = backlog(info)
         if have >= n * 0.9:
             marks["hi"], marks["hi_n"] = now, have
             cpu1 = {"workers": sum(cpu_seconds(p.pid) for p in procs),
@@ -206,7 +230,7 @@ def one_run(info: dict[str, Any], n_workers: int, msgs: list[tuple[str, bytes]],
     window = marks["hi"] - marks["lo"]
     cpu = {k: (cpu1[k] - cpu0[k]) / window for k in cpu0}
     return {"workers": n_workers, "rate": (marks["hi_n"] - marks["lo_n"]) / window,
-            "publish_rate": n / pub_s, "cpu": cpu}
+            "publish_rate": n / pub_s, "cpu": cpu, "waiting": waiting}
 
 
 def one_machine(n: int) -> float:
@@ -247,12 +271,12 @@ def main() -> None:
     print(f"backlog {a.messages} telemetry messages, 3 NATS nodes (R3), 8 partitions; "
           f"{os.cpu_count()} cores")
     print(f"{'workers':>8} {'msg/s':>8} {'ratio':>6} {'publish msg/s':>14}   CPU cores busy "
-          f"(workers / nats x3 / postgres)")
+          f"(workers / nats x3 / postgres)   at half: to route / routed, not stored")
     for r in results:
         c = r["cpu"]
         print(f"{r['workers']:>8} {r['rate']:>8,.0f} {r['rate'] / base:>6.2f} "
               f"{r['publish_rate']:>14,.0f}   {c['workers']:.2f} / {c['nats']:.2f} / "
-              f"{c['postgres']:.2f}")
+              f"{c['postgres']:.2f}   {r['waiting'][0]:>6} / {r['waiting'][1]:>6}")
     print(f"one machine (Mosquitto + one engine, bench_pipeline's measure, publishing while it "
           f"runs): {single:,.0f} msg/s ({single / base:.2f}x one cluster worker)")
     up = subprocess.run(["uptime"], check=False, capture_output=True, text=True)

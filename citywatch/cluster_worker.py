@@ -45,10 +45,11 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import nats
 import paho.mqtt.client as mqtt
@@ -79,7 +80,8 @@ from citywatch.pipeline import Pipeline
 from citywatch.service import build_alert_store, build_decoder, build_placement
 from geo.load import load_zones
 from geo.partitions import HOME, Partitioning, Site, partition
-from rules.engine import CAMERA_RANGE_M, Engine
+from rules.base import Detection, Observation
+from rules.engine import CAMERA_RANGE_M, Engine, EngineState
 from sensing import store as sensing_store
 from sensing.decode import Decoder
 from sensing.models import Event, Rejection, Telemetry
@@ -99,7 +101,10 @@ RENEW_S = 1.0
 KV_TIMEOUT_S = 2.0
 FENCE_S = 7.0  # stop evaluating if no renewal succeeded for this long (< LEASE_TTL_S)
 WORKERS_KEY = "workers"  # {worker: unix time of its last round}: one key, no listing
-ACK_WAIT_S = 10.0
+# Shorter than the lease: what a dead owner had fetched is due again before its partitions move,
+# so the next owner gets the older messages first. A batch still queued after this comes again
+# and is recognised as stored.
+ACK_WAIT_S = 6.0
 MAX_ACK_PENDING = 1000  # per partition: within the ingest queue's budget, so it never blocks
 SINGLETON = "singleton"
 DEVICE_CHANNELS = ("telemetry", "event", "status")  # sensing.topics.SUBSCRIPTIONS
@@ -333,14 +338,21 @@ class ClusterWorker:
         devices = self.parts.devices_of(p)
         engine = Engine(self.cfg.rules, {z.id: z for z in self.zones if z.id in zone_ids},
                         [s for s in self.placement.sites() if s.device_id in devices])
+        rain = self.rain_readers(p)
+        rain_p = self.cfg.rules.waterlogging.rain
+        hours = max((s.hours for s in rain_p.signals.values()), default=0.0)
         with psycopg.connect(self.db) as conn:
             levels = {k: v for k, v in alert_store.open_levels(conn).items()
                       if k[0] in zone_ids}
             offsets = sensing_store.load_clock_offsets(conn)
+            recent = (sensing_store.recent_telemetry(
+                conn, rain, datetime.now(UTC) - timedelta(hours=hours))
+                if rain and rain_p.enabled else [])
+        state = with_rain(engine, engine.restore(levels), self.placement.place_many(recent))
         owned_box: list[Owned] = []
         pipeline = Pipeline(
             conninfo=self.db, decoder=build_decoder(self.cfg), engine=engine,
-            state=engine.restore(levels), placement=self.placement, alert_store=self.alert_store,
+            state=state, placement=self.placement, alert_store=self.alert_store,
             ack=lambda batch: self.ack(owned_box[0], batch), dead_letter=self.dead_letter,
             on_committed=self.outbox_notify, metrics=self.metrics,
             batch_max=self.cfg.database.batch_max,
@@ -352,6 +364,11 @@ class ClusterWorker:
         owned = Owned(p, revision, pipeline, build_decoder(self.cfg))
         owned_box.append(owned)
         return owned
+
+    def rain_readers(self, p: str) -> list[str]:
+        """The rain gauges whose telemetry partition ``p`` reads (its own and mirrored)."""
+        return sorted(s.device_id for s in self.placement.sites() if s.kind == "rain"
+                      and any(q == p for q, _how in self.parts.route(s.device_id, "telemetry")))
 
     async def release(self, p: str, *, delete: bool) -> None:
         owned = self.owned.pop(p, None)
@@ -492,7 +509,7 @@ class ClusterWorker:
     # --- running ---------------------------------------------------------------------------
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.nc = await nats.connect(servers=self.nats_urls, name=f"citywatch-{self.me}",
+        self.nc = await nats.connect(**nats_options(self.nats_urls), name=f"citywatch-{self.me}",
                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                      connect_timeout=2)
         self.js = self.nc.jetstream(timeout=5)
@@ -523,6 +540,22 @@ class ClusterWorker:
     def request_stop(self) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._stopping.set)
+
+
+def nats_options(urls: Sequence[str]) -> dict[str, Any]:
+    """Servers without credentials, and the credentials apart: the client also connects to
+    servers the cluster tells it of, with the credentials of the options, not of a URL (with the
+    user in the URLs only, a reconnect to a told-of node was refused: 'Authorization Violation')."""
+    servers, user, password = [], None, None
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.username:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+        servers.append(f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}")
+    out: dict[str, Any] = {"servers": servers}
+    if user is not None:
+        out.update(user=user, password=password)
+    return out
 
 
 async def ensure_topology(js: JetStreamContext, partitions: Sequence[str]) -> None:
@@ -560,6 +593,20 @@ async def _retry(make: Callable[[], Awaitable[object]], attempts: int = 20) -> N
                 raise
             log.info("JetStream busy (%s); trying again", type(exc).__name__)
             await asyncio.sleep(0.5)
+
+
+def with_rain(engine: Engine, state: EngineState, recent: Sequence[Observation | Detection]
+              ) -> EngineState:
+    """``state`` with the rain accumulations rebuilt from the gauges' recent readings (their
+    longest signal window, from PostgreSQL): a partition's new owner keeps the catchments' rain
+    signals instead of starting them from zero. Only the rain is taken from the replay; the
+    levels stay those of the open alerts, and nothing the replay would emit is emitted (the old
+    owner did that when the readings came)."""
+    if not recent:
+        return state
+    replayed, _ = engine.evaluate_many(engine.restore({}), sorted(recent, key=lambda i: i.ts))
+    replayed, _ = engine.flush(replayed)  # the reorder window's held readings too
+    return replace(state, rain=replayed.rain)
 
 
 def touch_mqtt(port: int, password: str, client_id: str) -> None:

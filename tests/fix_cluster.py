@@ -137,7 +137,9 @@ def owners(cluster: NatsCluster) -> dict[str, str]:
         import nats
         from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
-        nc = await nats.connect(servers=cluster.nats_urls, connect_timeout=2,
+        from citywatch.cluster_worker import nats_options
+
+        nc = await nats.connect(**nats_options(cluster.nats_urls), connect_timeout=2,
                                 max_reconnect_attempts=2)
         try:
             kv = await nc.jetstream(timeout=3).key_value("cw_leases")
@@ -197,6 +199,7 @@ class ClusterFleet:
             c._host, c._port = self.nodes[n]
 
         c.on_disconnect = moved
+        c.on_connect_fail = moved  # a node that is down: on to the next one
         c.on_publish = lambda _c, _u, mid, _rc, _p: self._on_publish(device_id, mid)
         c.connect(*self.nodes[node], keepalive=10)
         c.loop_start()

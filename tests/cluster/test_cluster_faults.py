@@ -61,6 +61,13 @@ def start_workers(cluster: NatsCluster, db_url: str, tmp_path: Path, n: int
     return workers
 
 
+def print_alerts(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        for row in conn.execute("SELECT zone_id, hazard, severity, title FROM alerts "
+                                "ORDER BY id").fetchall():
+            print("  alert", *row)
+
+
 def test_worker_sigkill_mid_storm(nats_cluster: NatsCluster, fresh_db_url: str,
                                   fault_config: Config, tmp_path: Path) -> None:
     zones = flood_gauges(fault_config)
@@ -91,6 +98,7 @@ def test_worker_sigkill_mid_storm(nats_cluster: NatsCluster, fresh_db_url: str,
             w.stop()
     if ledger.lost or ledger.duplicated or ledger.outbox_unsent:
         print(workers[1].tail(60))
+    print_alerts(fresh_db_url)
     ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
     with psycopg.connect(fresh_db_url) as conn:
         assert conn.execute("SELECT count(*) FROM alerts WHERE cleared IS NULL").fetchone() == (0,)
@@ -130,4 +138,5 @@ def test_broker_node_sigkill_mid_storm(nats_cluster: NatsCluster, fresh_db_url: 
     if ledger.lost or ledger.duplicated or ledger.outbox_unsent:
         for w in workers:
             print(w.tail(60))
+    print_alerts(fresh_db_url)
     ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
