@@ -464,8 +464,9 @@ class ClusterWorker:
         allowance = timedelta(seconds=self.cfg.clocks.allowance_s)
         while not stop.wait(self.cfg.clocks.tick_every_s):
             for owned in list(self.owned.values()):
-                with contextlib.suppress(Exception):
-                    owned.pipeline.tick(allowance)
+                if may_tick(owned.pipeline, allowance, datetime.now(UTC), time.monotonic()):
+                    with contextlib.suppress(Exception):
+                        owned.pipeline.tick(allowance)
 
     # --- the singleton: outbox, deadlines -------------------------------------------------------
     def outbox_notify(self) -> None:
@@ -593,6 +594,18 @@ async def _retry(make: Callable[[], Awaitable[object]], attempts: int = 20) -> N
                 raise
             log.info("JetStream busy (%s); trying again", type(exc).__name__)
             await asyncio.sleep(0.5)
+
+
+def may_tick(pipeline: Pipeline, allowance: timedelta, now: datetime, mono: float) -> bool:
+    """Whether a partition's rules may move on the server's clock. The pipeline's own test
+    (``caught_up``) judges a backlog by the lag of the fleet it sees; a partition sees a few
+    devices, and after a move a fresh pipeline judged a draining storm current: its tick found
+    the gauges silent (seen in the broker-node kill). So, besides: the partition's rules are
+    within ``allowance`` of the server's clock, or nothing was stored for ``allowance``."""
+    if pipeline.last_progress is None or mono - pipeline.last_progress >= allowance.total_seconds():
+        return True
+    clock = pipeline.state.clock
+    return clock is None or now - clock <= 2 * allowance
 
 
 def with_rain(engine: Engine, state: EngineState, recent: Sequence[Observation | Detection]
