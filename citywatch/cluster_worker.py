@@ -86,6 +86,7 @@ from sensing import store as sensing_store
 from sensing.decode import Decoder
 from sensing.models import Event, Rejection, Telemetry
 from sensing.mqtt import Delivery, Inbound
+from sensing.topics import deadletter_topic
 
 log = logging.getLogger("citywatch.cluster")
 
@@ -457,8 +458,17 @@ class ClusterWorker:
             asyncio.run_coroutine_threadsafe(send(), self.loop)
 
     def dead_letter(self, rej: Rejection) -> None:
+        """Logged, and published on city/deadletter/... as on one machine (the rejection is
+        also stored, with the batch)."""
         log.warning("rejected %r from device %s: %s (%s)", rej.topic, rej.device_id or "?",
                     rej.reason, rej.detail)
+        body = {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
+                "payload": rej.payload[:4096].decode("utf-8", "replace"),
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        subject = deadletter_topic(rej.kind, rej.device_id).replace("/", ".")
+        if self.loop is not None and self.nc is not None:
+            asyncio.run_coroutine_threadsafe(
+                self.nc.publish(subject, json.dumps(body, ensure_ascii=True).encode()), self.loop)
 
     def tick_loop(self, stop: threading.Event) -> None:
         allowance = timedelta(seconds=self.cfg.clocks.allowance_s)

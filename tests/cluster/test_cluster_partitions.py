@@ -60,3 +60,61 @@ def test_rain_in_one_street_raises_a_watch_in_the_next(
     assert severity == 4  # blue: rain alone is a watch
     assert "rg-02" in gauges
     assert ledger.lost == 0 and ledger.duplicated == 0
+
+
+def test_a_bad_message_is_dead_lettered_and_the_rest_stored(
+        nats_cluster: NatsCluster, fresh_db_url: str, tmp_path: Path) -> None:
+    """Through the cluster as on one machine: the rejection is stored with its reason and
+    published on city/deadletter/{kind}/{device}; the good readings around it are stored."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    workers = start_workers(nats_cluster, fresh_db_url, tmp_path, 1)
+    got: list[bytes] = []
+    arrived = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dl-watch", protocol=mqtt.MQTTv311)
+    sub.username_pw_set("engine", nats_cluster.engine_password)
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        got.append(m.payload)
+        arrived.set()
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", nats_cluster.mqtt_ports[2])
+    sub.subscribe("city/deadletter/#", qos=1)
+    sub.loop_start()
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    readings = [Reading("wl-01", 0, "city/water/wl-01/telemetry", json.dumps(
+                    {"ts": iso(now), "seq": 0, "values": {"water_depth_cm": 1.0}}).encode()),
+                Reading("wl-01", 1, "city/water/wl-01/telemetry", b"{not json"),
+                Reading("wl-01", 2, "city/water/wl-01/telemetry", json.dumps(
+                    {"ts": iso(now + timedelta(seconds=10)), "seq": 2,
+                     "values": {"water_depth_cm": 1.1}}).encode())]
+    fleet = ClusterFleet(nats_cluster, readings, rate=20).start()
+    try:
+        fleet.wait_done(30)
+        fleet.wait_acked(30)
+        wait_for("two readings stored", lambda: _count(fresh_db_url, "telemetry") >= 2,
+                 timeout=30)
+        wait_for("the rejection stored", lambda: _count(fresh_db_url, "rejections") >= 1,
+                 timeout=30)
+        assert arrived.wait(30), "no dead letter published"
+    finally:
+        fleet.close()
+        sub.loop_stop()
+        sub.disconnect()
+        for w in workers:
+            w.stop()
+    letter = json.loads(got[0])
+    assert letter["topic"] == "city/water/wl-01/telemetry"
+    assert letter["payload"] == "{not json"
+    with psycopg.connect(fresh_db_url) as conn:
+        assert conn.execute("SELECT device_id FROM rejections").fetchall() == [("wl-01",)]
+
+
+def _count(db_url: str, table: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
