@@ -241,7 +241,10 @@ class ClusterWorker:
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                await asyncio.wait_for(self.lease_round(), RENEW_S + 2 * KV_TIMEOUT_S)
+                # A hung round must not carry us past the fence (nor the fence past the TTL).
+                left = FENCE_S - (time.monotonic() - self.last_renewed)
+                await asyncio.wait_for(self.lease_round(),
+                                       max(0.1, min(RENEW_S + 2 * KV_TIMEOUT_S, left)))
                 self.last_renewed = started
             except Exception as exc:
                 log.warning("lease round failed (%s)", exc)
