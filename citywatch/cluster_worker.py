@@ -95,8 +95,8 @@ MQTT_PREFIX = "$MQTT.msgs."
 PARTS_STREAM = "CW_PARTS"
 LEASES = "cw_leases"
 ROUTER = "router"
-# A node's death takes JetStream a few seconds to elect new leaders (about 5 s measured here, on
-# 2 busy cores): a lease must outlive that, or every worker fences itself at once.
+# A node's death takes JetStream a few seconds to elect new leaders (5-10 s in the nodes' logs
+# here, on 2 busy cores): a lease must outlive that, or every worker fences itself at once.
 LEASE_TTL_S = 10.0
 RENEW_S = 1.0
 KV_TIMEOUT_S = 2.0
