@@ -143,7 +143,7 @@ def drop_db(url: str) -> None:
 def setup_topology(info: dict[str, Any]) -> None:
     import nats
 
-    from citywatch.cluster_worker import ensure_topology, nats_options, touch_mqtt
+    from citywatch.cluster_nats import ensure_topology, nats_options, touch_mqtt
     from tests.fix_cluster import partition_names
 
     touch_mqtt(info["mqtt_ports"][0], info["engine_password"], "bench-setup")
@@ -160,7 +160,7 @@ def backlog(info: dict[str, Any]) -> tuple[int, int]:
     """Where the backlog waits: (not yet routed, routed but not yet stored and acked)."""
     import nats
 
-    from citywatch.cluster_worker import nats_options
+    from citywatch.cluster_nats import nats_options
     from tests.fix_cluster import partition_names
 
     async def run() -> tuple[int, int]:

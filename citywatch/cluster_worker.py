@@ -44,35 +44,37 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import nats
-import paho.mqtt.client as mqtt
 import psycopg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts import appeal_store, users
 from alerts import store as alert_store
 from alerts.dispatch import OutboxPublisher
 from citywatch import clocks
 from citywatch.clocks import ClockParams
+from citywatch.cluster_nats import (
+    LEASE_TTL_S,
+    LEASES,
+    MAX_ACK_PENDING,
+    MQTT_PREFIX,
+    MQTT_STREAM,
+    PARTS_STREAM,
+    ROUTER,
+    RotatingPublisher,
+    ensure_topology,
+    nats_options,
+    touch_mqtt,
+)
 from citywatch.config import Config, load_config
 from citywatch.ingest_queue import IngestQueue
 from citywatch.metrics import Metrics
@@ -85,28 +87,15 @@ from rules.engine import CAMERA_RANGE_M, Engine, EngineState
 from sensing import store as sensing_store
 from sensing.decode import Decoder
 from sensing.models import Event, Rejection, Telemetry
-from sensing.mqtt import Delivery, Inbound
+from sensing.mqtt import Inbound
 from sensing.topics import deadletter_topic
 
 log = logging.getLogger("citywatch.cluster")
 
-MQTT_STREAM = "$MQTT_msgs"
-MQTT_PREFIX = "$MQTT.msgs."
-PARTS_STREAM = "CW_PARTS"
-LEASES = "cw_leases"
-ROUTER = "router"
-# A node's death takes JetStream a few seconds to elect new leaders (5-10 s in the nodes' logs
-# here, on 2 busy cores): a lease must outlive that, or every worker fences itself at once.
-LEASE_TTL_S = 10.0
-RENEW_S = 1.0
+RENEW_S = 1.0  # leases are renewed this often; they live LEASE_TTL_S (citywatch.cluster_nats)
 KV_TIMEOUT_S = 2.0
 FENCE_S = 7.0  # stop evaluating if no renewal succeeded for this long (< LEASE_TTL_S)
 WORKERS_KEY = "workers"  # {worker: unix time of its last round}: one key, no listing
-# Shorter than the lease: what a dead owner had fetched is due again before its partitions move,
-# so the next owner gets the older messages first. A batch still queued after this comes again
-# and is recognised as stored.
-ACK_WAIT_S = 6.0
-MAX_ACK_PENDING = 1000  # per partition: within the ingest queue's budget, so it never blocks
 SINGLETON = "singleton"
 DEVICE_CHANNELS = ("telemetry", "event", "status")  # sensing.topics.SUBSCRIPTIONS
 
@@ -556,59 +545,6 @@ class ClusterWorker:
             self.loop.call_soon_threadsafe(self._stopping.set)
 
 
-def nats_options(urls: Sequence[str]) -> dict[str, Any]:
-    """Servers without credentials, and the credentials apart: the client also connects to
-    servers the cluster tells it of, with the credentials of the options, not of a URL (with the
-    user in the URLs only, a reconnect to a told-of node was refused: 'Authorization Violation')."""
-    servers, user, password = [], None, None
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.username:
-            user, password = unquote(parts.username), unquote(parts.password or "")
-        servers.append(f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}")
-    out: dict[str, Any] = {"servers": servers}
-    if user is not None:
-        out.update(user=user, password=password)
-    return out
-
-
-async def ensure_topology(js: JetStreamContext, partitions: Sequence[str]) -> None:
-    """The partition stream, its consumers, the router's consumer and the lease bucket; every
-    call may race another worker's, and adding what exists with the same settings is a no-op.
-    A replicated stream being created by another worker can time a request out: try again."""
-    for _ in range(100):  # NATS makes the MQTT stream when the first MQTT client comes
-        try:
-            await js.stream_info(MQTT_STREAM)
-            break
-        except nats.js.errors.NotFoundError:
-            await asyncio.sleep(0.2)
-    await _retry(lambda: js.add_stream(StreamConfig(
-        name=PARTS_STREAM, subjects=["cwp.>"], retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE, num_replicas=3, duplicate_window=120.0)))
-    await _retry(lambda: js.add_consumer(MQTT_STREAM, ConsumerConfig(
-        durable_name=ROUTER, filter_subject=MQTT_PREFIX + "city.>", ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S, max_ack_pending=4000, deliver_policy=DeliverPolicy.ALL)))
-    for p in partitions:
-        await _retry(lambda p=p: js.add_consumer(PARTS_STREAM, ConsumerConfig(  # type: ignore[misc]
-            durable_name=f"part-{p}", filter_subject=f"cwp.{p}.>",
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-            max_ack_pending=MAX_ACK_PENDING, deliver_policy=DeliverPolicy.ALL)))
-    await _retry(lambda: js.create_key_value(bucket=LEASES, history=1, ttl=LEASE_TTL_S,
-                                             replicas=3))
-
-
-async def _retry(make: Callable[[], Awaitable[object]], attempts: int = 20) -> None:
-    for i in range(attempts):
-        try:
-            await make()
-            return
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
-            if i == attempts - 1:
-                raise
-            log.info("JetStream busy (%s); trying again", type(exc).__name__)
-            await asyncio.sleep(0.5)
-
-
 def may_tick(pipeline: Pipeline, allowance: timedelta, now: datetime, mono: float) -> bool:
     """Whether a partition's rules may move on the server's clock. The pipeline's own test
     (``caught_up``) judges a backlog by the lag of the fleet it sees; a partition sees a few
@@ -633,51 +569,6 @@ def with_rain(engine: Engine, state: EngineState, recent: Sequence[Observation |
     replayed, _ = engine.evaluate_many(engine.restore({}), sorted(recent, key=lambda i: i.ts))
     replayed, _ = engine.flush(replayed)  # the reorder window's held readings too
     return replace(state, rain=replayed.rain)
-
-
-def touch_mqtt(port: int, password: str, client_id: str) -> None:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    c.username_pw_set("engine", password)
-    try:
-        c.connect("127.0.0.1", port, keepalive=10)
-        c.loop(timeout=2.0)
-        c.disconnect()
-    except OSError as exc:
-        log.warning("could not reach the MQTT listener on %d (%s)", port, exc)
-
-
-class RotatingPublisher:
-    """The outbox's MQTT connection (QoS 1, retained zone states as on one machine), moving to
-    the next node of the cluster when its node goes away. paho keeps unacknowledged QoS 1
-    messages and sends them again after reconnecting."""
-
-    def __init__(self, nodes: Sequence[tuple[str, int]], username: str, password: str,
-                 client_id: str) -> None:
-        self._nodes = list(nodes)
-        self._i = 0
-        self.connected = threading.Event()
-        c = self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                       protocol=mqtt.MQTTv311, clean_session=False)
-        c.username_pw_set(username, password)
-        c.reconnect_delay_set(min_delay=1, max_delay=2)
-        c.on_connect = lambda *_a: self.connected.set()
-        c.on_disconnect = self._moved
-        c.on_connect_fail = self._moved  # a node that is down at start: the next one
-        self._i = sum(client_id.encode()) % len(self._nodes)  # workers spread over the nodes
-        c.connect_async(*self._nodes[self._i], keepalive=10)
-        c.loop_start()
-
-    def _moved(self, *_a: Any) -> None:
-        self.connected.clear()
-        self._i = (self._i + 1) % len(self._nodes)
-        self._client._host, self._client._port = self._nodes[self._i]
-
-    def publish(self, topic: str, payload: str, qos: int, retain: bool) -> Delivery:
-        return Delivery(self._client.publish(topic, payload, qos=qos, retain=retain))
-
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -137,7 +137,7 @@ def owners(cluster: NatsCluster) -> dict[str, str]:
         import nats
         from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
-        from citywatch.cluster_worker import nats_options
+        from citywatch.cluster_nats import nats_options
 
         nc = await nats.connect(**nats_options(cluster.nats_urls), connect_timeout=2,
                                 max_reconnect_attempts=2)

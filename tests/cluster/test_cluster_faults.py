@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from citywatch.cluster_worker import LEASE_TTL_S
+from citywatch.cluster_nats import LEASE_TTL_S
 from citywatch.config import Config
 from tests.fix_cluster import (
     ClusterFleet,
