@@ -204,6 +204,7 @@ def _endpoints(config: Config, data_dir: Path, *, fleet: bool = False,
             print(f"  PostgreSQL on {_redact_db(db_url)} (as {embedded.SERVICE_ROLE})",
                   flush=True)
         broker_url, protocol = config.broker.url, "5"
+        broker_dir: Path | None = None
         sim_credentials = None
         if broker_url == "embedded":
             broker_dir = data_dir / "broker"
@@ -241,8 +242,8 @@ def _endpoints(config: Config, data_dir: Path, *, fleet: bool = False,
                 sim_credentials = FleetCredentials.load(credentials_file)
             except SimulatorError as exc:
                 raise StartupError(str(exc)) from None
-        yield _Live(Endpoints(broker_url, db_url, protocol, database_owner_url=owner_url),
-                    sim_credentials)
+        yield _Live(Endpoints(broker_url, db_url, protocol, database_owner_url=owner_url,
+                              broker_dir=broker_dir), sim_credentials)
 
 
 # The simulated fleet's secrets, kept by `citywatch run` for its next start (0600).

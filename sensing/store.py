@@ -604,6 +604,8 @@ def upsert_devices(conn: Conn, devices: Sequence[DeviceSpec]) -> int:
     """
     if not devices:
         return 0
+    if len(devices) <= _SMALL_UPSERT:
+        return _upsert_few(conn, devices)
     with _atomic(conn):
         conn.execute("""CREATE TEMP TABLE IF NOT EXISTS devices_in (id text, kind text,
                         lon float8, lat float8, zone_ids text[]) ON COMMIT DROP""")
@@ -622,6 +624,34 @@ def upsert_devices(conn: Conn, devices: Sequence[DeviceSpec]) -> int:
                      IS DISTINCT FROM (excluded.kind, excluded.lon, excluded.lat,
                                        excluded.zone_ids)""")
         return cur.rowcount
+
+
+# Up to this many (a device added at run time), one statement and no temporary table: the
+# service's role may not create temporary tables (the embedded database revokes TEMP).
+_SMALL_UPSERT: Final = 100
+
+
+def _upsert_few(conn: Conn, devices: Sequence[DeviceSpec]) -> int:
+    cur = conn.execute(
+        """INSERT INTO devices AS d (id, kind, lon, lat, zone_ids)
+           SELECT id, kind, lon, lat, ARRAY(SELECT jsonb_array_elements_text(zones::jsonb))
+           FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[], %s::text[])
+                AS u(id, kind, lon, lat, zones)
+           ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, lon = excluded.lon,
+               lat = excluded.lat, zone_ids = excluded.zone_ids, updated = now()
+           WHERE (d.kind, d.lon, d.lat, d.zone_ids)
+                 IS DISTINCT FROM (excluded.kind, excluded.lon, excluded.lat,
+                                   excluded.zone_ids)""",
+        # zone_ids travel as JSON text: a text[][] would need every device's list the same length.
+        (
+            [d.id for d in devices],
+            [d.kind for d in devices],
+            [d.position[0] if d.position else None for d in devices],
+            [d.position[1] if d.position else None for d in devices],
+            [json.dumps(list(d.zone_ids)) for d in devices],
+        ),
+    )
+    return cur.rowcount
 
 
 def save_clock_offsets(conn: Conn,

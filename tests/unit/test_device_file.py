@@ -88,3 +88,22 @@ def test_the_synthetic_city_loads(tmp_path: Path) -> None:
                    check=True, capture_output=True)
     for name in ("city.geojson", "devices.csv"):  # deterministic by seed
         assert (tmp_path / name).read_bytes() == (again / name).read_bytes()
+
+
+def test_the_registry_is_the_configuration_with_the_api_changes_on_top() -> None:
+    from datetime import UTC, datetime
+
+    from citywatch.device_admin import merge
+    from sensing.device_registry import Entry
+
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    listed = (Device(id="a", kind="water", position=(120.0, 31.0)),
+              Device(id="b", kind="rain", position=(120.1, 31.1)),
+              Device(id="c", kind="grid", position=(120.2, 31.2)))
+    entries = [Entry("b", "rain", 121.0, 32.0, "moved", None, now, "admin"),
+               Entry("c", "grid", 120.2, 31.2, "", now, now, "admin"),
+               Entry("z", "camera", 120.3, 31.3, "new", None, now, "admin"),
+               Entry("y", "camera", 120.3, 31.3, "added then retired", now, now, "admin")]
+    got = merge(listed, entries)
+    assert [(d.id, d.position, d.name) for d in got] == [
+        ("a", (120.0, 31.0), ""), ("b", (121.0, 32.0), "moved"), ("z", (120.3, 31.3), "new")]
