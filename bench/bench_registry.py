@@ -31,9 +31,11 @@ from typing import Any
 
 import psycopg
 
+from alerts.device_api import NewDevice
 from citywatch import broker_access
 from citywatch.config import Config, load_config
-from citywatch.service import build_decoder, build_engine, build_placement
+from citywatch.embedded import start_broker
+from citywatch.service import Endpoints, Service, build_decoder, build_engine, build_placement
 from geo.index import ZoneIndex
 from geo.load import load_zones
 from sensing import credentials
@@ -102,6 +104,27 @@ def _rewrite(conn: psycopg.Connection[Any], cfg: Config) -> float:
     return took
 
 
+def service_start(config_path: Path, db: str) -> dict[str, float]:
+    """``Service.start()`` as ``citywatch serve`` runs it (a scratch database, our own broker),
+    then one device added and retired through the running registry (what the API calls)."""
+    cfg = load_config(config_path, env={})
+    out: dict[str, float] = {}
+    with (tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp,
+          start_broker(Path(tmp) / "broker", prefer="mosquitto", fallback=False,
+                       anonymous=True) as broker):
+        service = Service(cfg, Endpoints(broker.url, db), http_port=0,
+                          client_id=f"bench-{uuid.uuid4().hex[:6]}")
+        out["Service.start() (first start, empty database)"], _ = timed(service.start)
+        try:
+            new = NewDevice(id="bench-new", kind="water", position=cfg.devices[0].position)
+            out["add one device at run time"], _ = timed(
+                lambda: service.devices.add(new, "bench"))
+            out["retire it"], _ = timed(lambda: service.devices.retire("bench-new", "bench"))
+        finally:
+            service.stop()
+    return out
+
+
 def scratch_db(server: str) -> tuple[str, Callable[[], None]] | None:
     name = f"bench_registry_{uuid.uuid4().hex[:8]}"
     try:
@@ -125,6 +148,9 @@ def main() -> int:
     p.add_argument("--db", default=os.environ.get(
         "CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     p.add_argument("--no-db", action="store_true")
+    p.add_argument("--service", action="store_true",
+                   help="also start the whole service on each (a broker and a scratch database) "
+                   "and add and retire a device through its running registry")
     args = p.parse_args()
     if not args.city.exists():
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_city.py"), "--out",
@@ -141,6 +167,16 @@ def main() -> int:
     finally:
         if made is not None:
             made[1]()
+    starts: dict[str, dict[str, float]] = {}
+    if args.service and not args.no_db:
+        for label, path in (("district", REPO / "config.yaml"), ("city", args.city)):
+            made_here = scratch_db(args.db)
+            if made_here is None:
+                break
+            try:
+                starts[label] = service_start(path, made_here[0])
+            finally:
+                made_here[1]()
     d, c = best["district"], best["city"]
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(f"bench_registry: best of {args.repeat}; {os.cpu_count()} cores; "
@@ -153,6 +189,11 @@ def main() -> int:
         if k in ("devices", "zones"):
             continue
         print(f"{k:40} {d[k]:11.3f} {c[k]:9.3f} {c[k] / d[k] if d[k] else float('nan'):7.0f}")
+    if starts:
+        print("the whole service (--service, once each):")
+        sd, sc = starts["district"], starts["city"]
+        for k in sd:
+            print(f"{k:48} {sd[k]:9.3f} {sc[k]:9.3f} {sc[k] / sd[k]:7.1f}")
     return 0
 
 
