@@ -215,7 +215,7 @@ class Service:
             device_registry.migrate(conn)
             credentials.migrate(conn)
             overlay = device_registry.overlay(conn)
-            cfg = self.registry_config = self.config.model_copy(
+            cfg = self.config.model_copy(
                 update={"devices": merge(self.config.devices, overlay)})
             placement = build_placement(cfg, zones)
             mode = sensing_store.migrate(conn, retention_days=cfg.database.retention_days)
