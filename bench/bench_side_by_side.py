@@ -16,7 +16,9 @@ from starting the publishers until the consumer has the last message:
   pipeline's stored count (what ``GET /api/health`` shows), then checked against the rows in
   the database: zero loss means stored rows == messages published.
 
-Readings are stamped in the seconds before the run and vary a little (no device looks stuck);
+Each device's readings are 10 s apart (the simulator's ``telemetry_interval_s``) and end at the
+start of the run, so the rules' windows hold what they would live; values vary a little (no
+device looks stuck);
 they stay below the blue lines, as almost all real traffic does, so no alert is raised.
 Prints msg/s for each, the ratios citywatch/floor and citywatch/naive, and the load average.
 """
@@ -30,6 +32,7 @@ import os
 import resource
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,7 +60,9 @@ from sensing.scratch import scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
 GROUND_KINDS = ("water", "rain", "traffic")
-SPACING = timedelta(milliseconds=10)  # between one device's readings
+# Between one device's readings: the simulator's telemetry_interval_s. The run replays the
+# fleet's last per_device x 10 s; the rules' windows hold what they would hold live.
+SPACING = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -280,8 +285,8 @@ def run_citywatch(port: int, fleet: Fleet, db_url: str, config: Config, timeout:
         got, t1 = wait_for(lambda: counts.stored - base, fleet.total, timeout)
         cpu = _cpu() - cpu0
         if spy is not None:
-            spy.terminate()
-            spy.wait(30)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            spy.wait(60)
         wait_all(pubs, 10)
         health = service.health()["counts"]
     rows = stored_rows(db_url) - before
