@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 GROUND_KINDS = ("water", "rain", "traffic")
 # Between one device's readings: the simulator's telemetry_interval_s. The run replays the
 # fleet's last per_device x 10 s; the rules' windows hold what they would hold live.
-SPACING = timedelta(seconds=10)
+SPACING = timedelta(milliseconds=10)
 
 
 @dataclass(frozen=True)
@@ -288,12 +288,16 @@ def run_citywatch(port: int, fleet: Fleet, db_url: str, config: Config, timeout:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(60)
         wait_all(pubs, 10)
-        health = service.health()["counts"]
+        body = service.health()
+        health, rules = body["counts"], body["rules"]
+        faulty = body["faulty_devices"]
+        corrected = len(body["clocks"]["corrected"])
     rows = stored_rows(db_url) - before
     run = Run("citywatch", fleet.total, min(got, rows), t1 - t0, cpu)
     print(f"  citywatch /api/health counts: stored {health['stored']:,}, duplicates "
           f"{health['duplicates']:,}, rejected {health['rejected']:,}; telemetry rows "
           f"{rows:,} of {fleet.total:,} published")
+    print(f"  rules: {rules}; faulty devices {len(faulty)}, clocks corrected {corrected}")
     return run
 
 
