@@ -84,7 +84,7 @@ def background(port: int, devices: list[tuple[str, str]], rate: float,
     return n
 
 
-def probe(port: int, probes: list[str]) -> tuple[list[float], int]:
+def probe(port: int, probes: list[str], wait_s: float = 2.0) -> tuple[list[float], int]:
     """Time each probe gauge's 60 cm reading to the zone's retained state showing red."""
     state: dict[str, Any] = {"red": None, "at": 0.0}
     changed = threading.Condition()
@@ -106,22 +106,29 @@ def probe(port: int, probes: list[str]) -> tuple[list[float], int]:
     latencies: list[float] = []
     missed = 0
 
-    def send_and_wait(device: str, seq: int, depth: float, want_red: bool) -> float | None:
+    def send_and_wait(device: str, seq: int, depth: float, want_red: bool,
+                      timeout: float) -> float | None:
         t0 = time.perf_counter()
         c.publish(f"city/water/{device}/telemetry", json.dumps(
             {"ts": _iso(datetime.now(UTC)), "seq": seq,
              "values": {"water_depth_cm": depth, "battery_v": 3.6}}), qos=1)
         with changed:
-            ok = changed.wait_for(lambda: state["red"] is want_red and state["at"] >= t0, 10)
+            ok = changed.wait_for(lambda: state["red"] is want_red and state["at"] >= t0,
+                                  timeout)
             return state["at"] - t0 if ok else None
 
     for device in probes:
-        took = send_and_wait(device, 1, 60.0, True)
+        took = send_and_wait(device, 1, 60.0, True, wait_s)
         if took is None:
             missed += 1
         else:
             latencies.append(took)
-        send_and_wait(device, 2, 0.0, False)
+        send_and_wait(device, 2, 0.0, False, 10.0)
+        # Retire the gauge: out of device health's range, it is faulty and out of every
+        # fusion, so the next probe's 60 cm is not judged against this one's 0 cm (drift).
+        c.publish(f"city/water/{device}/telemetry", json.dumps(
+            {"ts": _iso(datetime.now(UTC)), "seq": 3,
+             "values": {"water_depth_cm": 500.0, "battery_v": 3.6}}), qos=1)
         time.sleep(random.uniform(0.05, 0.15))
     c.loop_stop()
     c.disconnect()
