@@ -332,7 +332,9 @@ class Pipeline:
                             delay)
                 self.close()
                 stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                # Capped at 2 s: after an outage the backlog is caught up within 2 s of the
+                # database returning (one connection attempt per 2 s while it is away is nothing).
+                delay = min(delay * 2, 2.0)
         return False
 
     def process(self, batch: Sequence[Inbound]) -> None:

@@ -8,7 +8,8 @@ Per device, on each reading (event time) and on ``tick`` for silence:
   accepted reading -> the reading is dropped; ``spikes_to_fault`` of them within
   ``spike_window_s`` make the device faulty. Falls are not spikes: water can drain or be pumped.
 - **stuck**: the same non-zero watched values for ``stuck_after_s`` and ``stuck_min_readings``
-  (zero is what a dry gauge or an empty road reads all day).
+  (zero is what a dry gauge or an empty road reads all day), with no gap longer than
+  ``silent_after_s`` between them.
 - **drift**: disagreement with the neighbours (same kind, same hazard zone; two or more of them
   give a median to trust) or, for a water gauge, water with no rain in the catchment for
   ``dry_window_s``. The reading is held back at once (the device is *suspect*), and the device is
@@ -121,6 +122,7 @@ class DeviceHealthRule:
         if h.last_ts is not None and ts <= h.last_ts:
             return h, False  # the engine keeps per-device order; this is belt and braces
         watched = {k: values[k] for k in keys if k in values and math.isfinite(values[k])}
+        previous = h.last_ts
         h = replace(h, last_ts=ts)
         if h.fault == "silent":
             h = replace(h, fault=None, fault_since=None, fault_detail="", good_since=None)
@@ -137,7 +139,7 @@ class DeviceHealthRule:
             if len(spikes) >= p.spikes_to_fault:
                 return self._faulty(h, ts, "spike", spike), False
             return replace(h, good_since=None), False
-        h = self._track_same(h, ts, watched)
+        h = self._track_same(h, ts, watched, previous)
         if h.same and any(v != 0 for v in h.same) and h.same_count >= p.stuck_min_readings \
                 and (ts - h.same_since).total_seconds() >= p.stuck_after_s:  # type: ignore[operator]
             shown = ", ".join(f"{k} {v:g}" for k, v in watched.items())
@@ -205,12 +207,16 @@ class DeviceHealthRule:
                         f"(at most {allowed:.1f} is physical)")
         return None
 
-    def _track_same(self, h: DeviceHealth, ts: datetime,
-                    watched: Mapping[str, float]) -> DeviceHealth:
+    def _track_same(self, h: DeviceHealth, ts: datetime, watched: Mapping[str, float],
+                    previous: datetime | None) -> DeviceHealth:
         now = tuple(watched.values())
         if not now:
             return h
-        if now == h.same:
+        # A run is measured over readings heard: the same value on both sides of a gap longer
+        # than silence (an outage, or a clock correction moving the device's timeline) proves
+        # nothing about the sensor in between.
+        gap = previous is not None and (ts - previous).total_seconds() > self.params.silent_after_s
+        if now == h.same and not gap:
             return replace(h, same_count=h.same_count + 1)
         return replace(h, same=now, same_since=ts, same_count=1)
 

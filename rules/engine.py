@@ -198,6 +198,10 @@ class _Work:
         self.counts = {f.name: getattr(s.counts, f.name) for f in fields(Counts)}
         self.changes: list[AlertChange] = []
         self.now: datetime | None = None  # the time rules are being asked about
+        # The newest event time among the items fed together: each device in the batch was heard
+        # no earlier than that (a device whose clock is still being judged may stamp its readings
+        # an hour back; silence must not count from there).
+        self.arrived: datetime | None = None
 
     @property
     def buffer(self) -> list[tuple[tuple[Any, ...], Item]]:
@@ -300,7 +304,9 @@ class Engine:
                       now: datetime | None = None) -> tuple[EngineState, list[AlertChange]]:
         """Feed many items, then ``tick`` to ``now`` if given: one copy of the state for all."""
         w = _Work(state)
-        for item in items:
+        batch = list(items)
+        w.arrived = max((i.ts for i in batch), default=None)
+        for item in batch:
             self._submit(w, item)
         if now is not None:
             self._tick(w, now)
@@ -562,7 +568,7 @@ class Engine:
         else:
             new_h = h if h.last_ts is not None and h.last_ts >= obs.ts else \
                 replace(h, last_ts=obs.ts)
-        heard = obs.ts if w.clock is None else max(obs.ts, w.clock)
+        heard = max(t for t in (obs.ts, w.clock, w.arrived) if t is not None)
         if new_h.heard is None or heard > new_h.heard:
             new_h = replace(new_h, heard=heard)
         self._set_health(w, obs.device_id, h, new_h, obs.ts)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the system Mosquitto (127.0.0.1:1883) and PostgreSQL (127.0.0.1:5432, user postgres,
-# database `test`, trust from loopback) are installed and running, for CI and developers.
+# database `test`, trust from loopback) are installed and running, and that nats-server (for the
+# cluster tests, which start their own nodes) is installed, for CI and developers.
 #
 #   bash scripts/ensure-services.sh
 #
@@ -44,6 +45,8 @@ command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 { command -v pg_ctlcluster >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } \
   || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
+# nats-server: tests/cluster start their own three-node cluster from it (no service needed).
+command -v nats-server >/dev/null || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if is_root && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt-get)"

@@ -2,4 +2,4 @@
 ``fix_users``, ``fix_faults``)."""
 
 pytest_plugins = ["tests.fix_broker", "tests.fix_db", "tests.fix_clock", "tests.fix_users",
-                  "tests.fix_faults"]
+                  "tests.fix_faults", "tests.fix_cluster"]

@@ -134,12 +134,8 @@ def depth_reading(device_id: str, seq: int, ts: datetime, cm: float) -> Reading:
 # Found by this case (RELIABILITY.md, holes): a slow clock is corrected only once its offset has
 # held for a minute; the readings of that minute are judged on the device's clock, and the jump of
 # an hour when the correction starts looks to device health like a value stuck for an hour.
-BEHIND_HOLE = pytest.mark.xfail(strict=True, reason="a slow device's readings jump an hour when "
-                                "its clock correction starts, and device health calls it stuck")
-
-
 @pytest.mark.parametrize("offset_h", [pytest.param(1, id="an hour ahead"),
-                                      pytest.param(-1, marks=BEHIND_HOLE, id="an hour behind")])
+                                      pytest.param(-1, id="an hour behind")])
 def test_device_clock_off_by_an_hour(
         offset_h: int, fault_broker: FaultBroker, fresh_db_url: str,
         fault_config: Config) -> None:

@@ -171,3 +171,34 @@ def test_restored_maintenance_alert_clears_when_its_devices_are_well() -> None:
     assert engine.current_levels(state) == {("U2", DEVICE_FAULT): BLUE}
     state, changes = engine.evaluate(state, obs(0, "w3", {"water_depth_cm": 1.0}))
     assert kinds(changes, DEVICE_FAULT) == [("U2", None)]
+
+
+def test_same_value_across_a_silent_gap_is_not_stuck() -> None:
+    """A gauge reading 2 cm, then nothing for an hour (an outage, or its clock corrected by an
+    hour), then 2 cm again: its run of equal values starts again after the gap, so it is only
+    called stuck once it has read 2 cm for ten minutes of readings actually heard."""
+    from rules.device_health import DeviceHealthRule, Peers
+
+    rule = DeviceHealthRule(PARAMS.device_health)
+    h = rule.initial("w3", "water")
+    times = [T0 + timedelta(seconds=10 * i) for i in range(30)]  # 5 min
+    times += [T0 + timedelta(hours=1, seconds=10 * i) for i in range(30)]  # 5 min, an hour on
+    for ts in times:
+        h, ok = rule.observe(h, ts, {"water_depth_cm": 2.0}, Peers())
+        assert ok and h.fault is None, (ts, h.fault_detail)
+    for i in range(30, 62):  # past ten minutes heard: now it is stuck
+        h, _ = rule.observe(h, T0 + timedelta(hours=1, seconds=10 * i),
+                            {"water_depth_cm": 2.0}, Peers())
+    assert h.fault == "stuck"
+
+
+def test_a_device_stamping_an_hour_back_is_heard_with_its_batch() -> None:
+    """w3's clock is an hour slow and not yet corrected; its reading arrives in the same batch
+    as w1's. Silence counts from when the batch was heard, not from w3's stamp: the fleet moving
+    on ten seconds does not make w3 silent."""
+    engine = Engine(PARAMS, ZONES, SITES)
+    first = [obs(-60, "w3", {"water_depth_cm": 2.0}), obs(0, "w1", {"water_depth_cm": 0.0})]
+    state, changes = engine.evaluate_many(EngineState(), first)
+    state, more = engine.evaluate_many(state, [obs(1 / 6, "w1", {"water_depth_cm": 0.0})])
+    assert engine.faulty_devices(state) == {}
+    assert kinds(changes + more, DEVICE_FAULT) == []
