@@ -57,6 +57,7 @@ from alerts.auth import (
     login_router,
 )
 from alerts.console_api import console_router
+from alerts.device_api import DeviceRegistry, InvalidDevice, device_router, invalid_device_response
 from alerts.http_guard import CONSOLE_CSP, HttpGuard
 from alerts.identity import Identity, alert_refusal, work_order_refusal
 from alerts.lifecycle import AlertsError, NotFound, TransitionError
@@ -139,6 +140,8 @@ class ApiDeps:
     # Residents' appeals (GeoReport POST requests, the hotline form); None: not served.
     appeals: AppealDesk | None = None
     appeal_limits: IntakeLimits = field(default_factory=IntakeLimits)
+    # The device registry that admins change at run time (alerts.device_api); None: not served.
+    device_registry: DeviceRegistry | None = None
     local_tz: str = "Asia/Shanghai"  # replies to residents give local times
 
 
@@ -194,6 +197,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
     @app.exception_handler(store.NotVerified)
     def _not_verified(_r: Request, exc: store.NotVerified) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "evidence": exc.evidence}, status_code=409)
+
+    # Before AlertsError's: a value the registry refuses is a validation error, not a conflict.
+    app.add_exception_handler(InvalidDevice, invalid_device_response)  # type: ignore[arg-type]
 
     @app.exception_handler(AlertsError)
     def _bad(_r: Request, exc: AlertsError) -> JSONResponse:
@@ -342,6 +348,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(console_router(deps.pool, deps.zones, deps.thresholds, clock=deps.clock,
                                       pool_wait_s=web.pool_wait_s),
                        dependencies=logged_in, responses=READ)
+    if deps.device_registry is not None:
+        app.include_router(device_router(deps.device_registry, access.identity))
     desk = deps.appeals
     appeal = None
     if desk is not None:

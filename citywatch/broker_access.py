@@ -38,7 +38,7 @@ def identity_kind(config: Config, identity: str, conn: Conn | None = None) -> Id
     """What ``identity`` is: a configured device or team, the engine, or a registered gateway."""
     if identity == config.broker.client_id:
         return "service"
-    if any(d.id == identity for d in config.devices):
+    if identity in device_kinds(config, conn):
         return "device"
     if any(t.id == identity for t in config.teams):
         return "team"
@@ -52,8 +52,19 @@ def identity_kind(config: Config, identity: str, conn: Conn | None = None) -> Id
         "(citywatch device gateway ID DEVICE...)")
 
 
-def device_kinds(config: Config) -> dict[str, str]:
-    return {d.id: d.kind for d in config.devices}
+def device_kinds(config: Config, conn: Conn | None = None) -> dict[str, str]:
+    """Device id -> kind: the configuration's devices and, given the database, with the
+    registry's run-time changes (devices added, changed or retired through the API)."""
+    kinds = {d.id: d.kind for d in config.devices}
+    if conn is None:
+        return kinds
+    from citywatch.device_admin import merge
+    from sensing import device_registry
+
+    row = conn.execute("SELECT to_regclass('device_registry') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return kinds
+    return {d.id: d.kind for d in merge(config.devices, device_registry.overlay(conn))}
 
 
 def members(conn: Conn) -> list[Member]:
@@ -62,19 +73,22 @@ def members(conn: Conn) -> list[Member]:
             for i in credentials.identities(conn) if not i.disabled]
 
 
-def write_broker_files(conn: Conn, config: Config, out_dir: Path) -> int:
+def write_broker_files(conn: Conn, config: Config, out_dir: Path,
+                       kinds: Mapping[str, str] | None = None) -> int:
     """Write ``passwd`` and ``acl`` (Mosquitto's password_file and acl_file) into ``out_dir``;
-    returns how many identities may connect."""
+    returns how many identities may connect. ``kinds``: the devices (id -> kind) when the
+    caller holds the registry already (the running service), else read from config and DB."""
     found = members(conn)
-    passwords, acl = broker_files(found, device_kinds(config))
+    passwords, acl = broker_files(found, device_kinds(config, conn) if kinds is None else kinds)
     embedded.write_access_files(out_dir, passwords, acl)
     return len(found)
 
 
-def refresh_embedded(conn: Conn, config: Config, broker_dir: Path) -> str | None:
+def refresh_embedded(conn: Conn, config: Config, broker_dir: Path,
+                     kinds: Mapping[str, str] | None = None) -> str | None:
     """Rewrite the embedded broker's files and make it reread them if it runs (its kind, or
     None when no embedded broker runs from ``broker_dir``)."""
-    write_broker_files(conn, config, broker_dir)
+    write_broker_files(conn, config, broker_dir, kinds)
     return embedded.reload_broker(broker_dir)
 
 
@@ -90,7 +104,7 @@ def issue(conn: Conn, config: Config, identity: str, now: datetime) -> str:
 def issue_gateway(conn: Conn, config: Config, gateway: str, devices: Sequence[str],
                   now: datetime) -> str:
     """Register ``gateway`` for ``devices`` (replacing its list) and issue its secret."""
-    kinds = device_kinds(config)
+    kinds = device_kinds(config, conn)
     unknown = [d for d in devices if d not in kinds]
     if unknown:
         raise AccessError(f"gateway {gateway}: {', '.join(unknown[:5])} are not devices of the "

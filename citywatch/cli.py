@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -125,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--credentials", type=Path, default=None, metavar="FILE",
                    help="the fleet's broker credentials (JSON: citywatch device credentials "
                    "--all --save FILE): each device and team connects as itself")
+    s.add_argument("--procs", type=int, default=1, metavar="P",
+                   help="drive the fleet from P processes, each with its share of the devices "
+                   "(whole shared connections) and its own ground truth file ({truth}.P-of-N)")
+    s.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # I/N: one of --procs
     _device_parsers(sub, common)
     s = sub.add_parser(
         "score", parents=[common], help="score a scenario's alerts against its ground truth",
@@ -204,6 +209,7 @@ def _endpoints(config: Config, data_dir: Path, *, fleet: bool = False,
             print(f"  PostgreSQL on {_redact_db(db_url)} (as {embedded.SERVICE_ROLE})",
                   flush=True)
         broker_url, protocol = config.broker.url, "5"
+        broker_dir: Path | None = None
         sim_credentials = None
         if broker_url == "embedded":
             broker_dir = data_dir / "broker"
@@ -241,8 +247,8 @@ def _endpoints(config: Config, data_dir: Path, *, fleet: bool = False,
                 sim_credentials = FleetCredentials.load(credentials_file)
             except SimulatorError as exc:
                 raise StartupError(str(exc)) from None
-        yield _Live(Endpoints(broker_url, db_url, protocol, database_owner_url=owner_url),
-                    sim_credentials)
+        yield _Live(Endpoints(broker_url, db_url, protocol, database_owner_url=owner_url,
+                              broker_dir=broker_dir), sim_credentials)
 
 
 # The simulated fleet's secrets, kept by `citywatch run` for its next start (0600).
@@ -376,14 +382,21 @@ def _simulate(config: Config, args: argparse.Namespace) -> int:
     if config.broker.url == "embedded":
         raise StartupError("simulate needs a broker to publish to: set broker.url in the "
                            "config or CITYWATCH_BROKER_URL (e.g. mqtt://127.0.0.1:1883)")
+    if args.procs < 1:
+        raise StartupError(f"--procs {args.procs}: expected 1 or more")
+    if args.procs > 1 and args.shard is None:
+        return _simulate_in_processes(args)
+    shard = None if args.shard is None else _shard(args.shard)
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
         sim = Simulation(config, args.scenario, seed=args.seed, speed=args.speed,
-                         start=datetime.now(UTC), devices=args.devices)
+                         start=datetime.now(UTC), devices=args.devices, shard=shard)
     except (SimulatorError, PluginError) as exc:
         raise StartupError(str(exc)) from None
     truth = args.truth or default_truth_path(sim.scenario.name, sim.seed)
+    if shard is not None:
+        truth = truth.with_name(f"{truth.name}.{shard[0] + 1}-of-{shard[1]}")
     length = "" if sim.end is None else f", {(sim.end - sim.start).total_seconds() / 3600:g} h"
     print(f"scenario {sim.scenario.name} (seed {sim.seed}, speed {sim.speed:g}x{length}): "
           f"{len(sim.devices)} devices -> {_redact_broker(config.broker.url)}\n"
@@ -415,6 +428,46 @@ def _simulate(config: Config, args: argparse.Namespace) -> int:
     print(("\n" if tty else "") + f"simulation stopped: {final.describe()}\n"
           f"ground truth written to {truth}", flush=True)
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise StartupError(f"--shard {text!r}: expected I/N") from None
+    if not 0 <= index < count:
+        raise StartupError(f"--shard {text!r}: expected 0 <= I < N")
+    return index, count
+
+
+def _simulate_in_processes(args: argparse.Namespace) -> int:
+    """``simulate --procs P``: P child processes, each driving its share of the fleet over its
+    own connections (Python publishes from one core per process). Signals reach them all; the
+    exit status is the worst of theirs."""
+    same = ["--config", str(args.config), "--connections", args.connections]
+    for flag, value in (("--speed", args.speed), ("--seed", args.seed),
+                        ("--devices", args.devices), ("--duration", args.duration),
+                        ("--truth", args.truth), ("--credentials", args.credentials),
+                        ("--log-file", args.log_file)):
+        if value is not None:
+            same += [flag, str(value)]
+    same += ["--keep-running"] if args.keep_running else []
+    same += ["--verbose"] if args.verbose else []
+    procs = [subprocess.Popen([sys.executable, "-m", "citywatch.cli", "simulate", args.scenario,
+                               *same, "--shard", f"{i}/{args.procs}"])
+             for i in range(args.procs)]
+    print(f"simulating from {args.procs} processes: {', '.join(str(p.pid) for p in procs)}",
+          flush=True)
+
+    def forward(sig: int, _frame: FrameType | None) -> None:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(sig)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes, key=abs)
 
 
 def _without_user(url: str) -> str:

@@ -73,6 +73,14 @@ class WorkerLocator:
         self._newest: datetime | None = None
         self._lock = threading.Lock()
 
+    def track(self, device_id: str, pos: Position | None) -> None:
+        """Follow a grid worker added at run time (None: stop following a retired one)."""
+        with self._lock:
+            if pos is None:
+                self._where.pop(device_id, None)
+            elif device_id not in self._where:
+                self._where[device_id] = (pos, None)
+
     def saw(self, device_id: str, pos: Position, ts: datetime) -> None:
         with self._lock:
             if device_id in self._where:
@@ -256,6 +264,11 @@ class Pipeline:
             if applied.changed:
                 self._on_committed()
             return True
+
+    def adopt(self, change: Callable[[EngineState], EngineState]) -> None:
+        """Change the rules' state between batches (a device retired at run time)."""
+        with self._lock:
+            self.state = change(self.state)
 
     def run_local(self, work: Callable[[psycopg.Cursor[Any],
                                         Callable[[Sequence[Detection]], Applied] | None], T]

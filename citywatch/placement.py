@@ -30,6 +30,19 @@ class Placement:
         assigned = index.assign([self._pos[d][0] for d in ids], [self._pos[d][1] for d in ids])
         self._zones: dict[str, tuple[str, ...]] = dict(zip(ids, assigned, strict=True))
 
+    def put(self, device_id: str, kind: str, position: Position) -> DeviceSite:
+        """Register or move one device (the registry changed at run time); its site."""
+        self._pos[device_id] = position
+        self._kind[device_id] = kind
+        self._zones[device_id] = self.index.zones_at(*position)
+        return DeviceSite(device_id, kind, position, self._zones[device_id])
+
+    def remove(self, device_id: str) -> None:
+        """Forget a retired device: messages of it are placed as an unregistered one's."""
+        self._pos.pop(device_id, None)
+        self._kind.pop(device_id, None)
+        self._zones.pop(device_id, None)
+
     def sites(self) -> list[DeviceSite]:
         """The registered devices as the rule engine's registry."""
         return [DeviceSite(d, self._kind[d], self._pos[d], self._zones[d])

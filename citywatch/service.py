@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,10 +32,11 @@ from alerts.dispatch import OutboxPublisher
 from alerts.http_guard import default_hosts
 from alerts.policy import Office, Policy
 from alerts.store import AlertStore, Route
-from citywatch import clocks, liveness
+from citywatch import broker_access, clocks, liveness
 from citywatch.broker_stats import SYS_TOPICS, BrokerStats
 from citywatch.clocks import ClockParams
 from citywatch.config import Config
+from citywatch.device_admin import LiveRegistry, Runtime, merge
 from citywatch.ingest_queue import IngestQueue
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline, WorkerLocator, record_applied
@@ -47,6 +48,7 @@ from geo.load import load_zones
 from geo.zones import Zone
 from rules.engine import Engine
 from rules.levels import Level
+from sensing import credentials, device_registry
 from sensing import store as sensing_store
 from sensing.decode import Decoder
 from sensing.models import Rejection
@@ -60,10 +62,12 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def build_decoder(cfg: Config) -> Decoder:
-    """The decoder for the registry, knowing built-in and plug-in device kinds."""
+def build_decoder(cfg: Config, known: dict[str, str] | None = None) -> Decoder:
+    """The decoder for the registry, knowing built-in and plug-in device kinds. ``known``
+    (device id -> kind, default: the configuration's) is held by reference: the running
+    registry changes it."""
     kinds = load_kinds(cfg, device_kinds={d.kind for d in cfg.devices})
-    return Decoder({d.id: d.kind for d in cfg.devices}, kinds)
+    return Decoder({d.id: d.kind for d in cfg.devices} if known is None else known, kinds)
 
 
 def build_placement(cfg: Config, zones: Sequence[Zone]) -> Placement:
@@ -148,6 +152,10 @@ class Endpoints:
     # The role that owns the schema, for the migrations at start (default: database_url): the
     # running service then needs only to read and write rows.
     database_owner_url: str | None = None
+    # Where the embedded broker's password and ACL files are: a device added or retired through
+    # the API rewrites them and the broker rereads them. None: a broker of one's own, whose files
+    # `citywatch broker files` writes.
+    broker_dir: Path | None = None
 
 
 def _utc_now() -> datetime:
@@ -201,12 +209,20 @@ class Service:
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
-        cfg = self.config
-        zones = load_zones(cfg.zones_path)
-        placement = build_placement(cfg, zones)
+        zones = load_zones(self.config.zones_path)
         db = self.endpoints.database_url
         with psycopg.connect(self.endpoints.database_owner_url or db, autocommit=True) as conn:
+            # The registry is the configuration's devices with the API's changes on top.
+            device_registry.migrate(conn)
+            credentials.migrate(conn)
+            overlay = device_registry.overlay(conn)
+            cfg = self.config.model_copy(
+                update={"devices": merge(self.config.devices, overlay)})
+            placement = build_placement(cfg, zones)
             mode = sensing_store.migrate(conn, retention_days=cfg.database.retention_days)
+            retired = [e.id for e in overlay if e.retired is not None]
+            if retired:
+                conn.execute("DELETE FROM devices WHERE id = ANY(%s)", (retired,))
             self.storage_mode = (f"timescaledb {mode.timescaledb_version}"
                                  if mode.backend == "timescaledb" else "postgresql")
             for step in mode.degraded:
@@ -223,6 +239,7 @@ class Service:
         log.info("storage: %s; %d zones; %d devices; %d open alerts restored",
                  self.storage_mode, len(zones), len(cfg.devices), len(levels))
 
+        known = {d.id: d.kind for d in cfg.devices}
         engine = self._engine = build_engine(cfg, zones, placement)
         state = engine.restore(levels)
         self.alert_store, self.workers = build_alert_store(cfg, zones)
@@ -239,7 +256,7 @@ class Service:
             on_sent=lambda topic, _id: self.metrics.published.labels(
                 "dispatch" if topic.startswith("city/dispatch/") else "zone_state").inc())
         self.pipeline = Pipeline(
-            conninfo=db, decoder=build_decoder(cfg), engine=engine,
+            conninfo=db, decoder=build_decoder(cfg, known), engine=engine,
             state=state, placement=placement, alert_store=self.alert_store,
             ack=self._link.ack, dead_letter=self._dead_letter, on_committed=self._outbox.notify,
             metrics=self.metrics, batch_max=cfg.database.batch_max,
@@ -249,11 +266,20 @@ class Service:
                 timedelta(seconds=cfg.clocks.skew_confirm_s)),
             ingest_queue=IngestQueue.for_receive_maximum(cfg.broker.receive_maximum))
         self.pipeline.clocks = clocks.restore(clock_offsets)
+        self.devices = LiveRegistry(
+            self.config, cfg.devices, load_kinds(cfg, device_kinds=set(known.values())),
+            Runtime(self.pipeline, engine, placement, known, self.workers), self._clock, db,
+            self._access_changed if self.endpoints.broker_dir is not None else None)
         self._spawn("ingest", self.pipeline.run)
         self._spawn("outbox", self._outbox.run)
         self._link.start()
         self._start_jobs()
         self._start_http(zones)
+
+    def _access_changed(self, conn: psycopg.Connection[Any], kinds: Mapping[str, str]) -> None:
+        """A device was added, changed or retired: the embedded broker's files follow."""
+        assert self.endpoints.broker_dir is not None
+        broker_access.refresh_embedded(conn, self.config, self.endpoints.broker_dir, kinds)
 
     def _spawn(self, name: str, target: Any) -> None:
         worker = self._supervisor.spawn(name, target)  # restarted with back-off if it fails
@@ -382,6 +408,7 @@ class Service:
                                                  self.alert_store, self._clock,
                                                  self.pipeline.run_local),
                        appeal_limits=appeal_limits(self.config),
+                       device_registry=self.devices,
                        local_tz=self.config.appeals.local_tz)
         app = create_app(deps)
         config = uvicorn.Config(app, host=self.config.http.host, port=self._http_port,

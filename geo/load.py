@@ -21,6 +21,7 @@ from os import PathLike
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
@@ -33,6 +34,7 @@ from geo.errors import ZoneError
 from geo.zones import ZONE_TYPES, Zone
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
+_POLYGONAL_IDS = (shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON)
 log = logging.getLogger(__name__)
 
 
@@ -85,6 +87,12 @@ def _geometry_problem(geom: BaseGeometry | None) -> str | None:
         return (f"coordinates out of lon/lat range: bounds ({minx:g}, {miny:g}, {maxx:g}, "
                 f"{maxy:g}); expected lon -180..180, lat -90..90 (is the CRS declared?)")
     return None
+
+
+def _zone(zone_id: str, zone_type: str, geom: BaseGeometry, row: Any) -> Zone:
+    name = _text(getattr(row, "name", None)) or zone_id
+    parent = _text(getattr(row, "parent_id", None))
+    return Zone(id=zone_id, name=name, type=zone_type, geometry=geom, parent_id=parent)
 
 
 def _layer(path: str | PathLike[str], layer: str | None) -> str | None:
@@ -152,6 +160,15 @@ def read_zones(path: str | PathLike[str], *, layer: str | None = None,
 
     zones: list[Zone] = []
     seen: dict[str, int] = {}
+    # The usual case, checked for all geometries at once (a city has ten thousand): valid,
+    # polygonal, non-empty, 2-D and inside the lon/lat range. Only the others go through the
+    # checks one by one below, which explain what is wrong.
+    geoms = frame.geometry.to_numpy()
+    bounds = shapely.bounds(geoms)
+    fine = (shapely.is_valid(geoms) & ~shapely.is_empty(geoms) & ~shapely.has_z(geoms)
+            & np.isin(shapely.get_type_id(geoms), _POLYGONAL_IDS)
+            & (bounds[:, 0] >= -180) & (bounds[:, 2] <= 180)
+            & (bounds[:, 1] >= -90) & (bounds[:, 3] <= 90))
     for number, row in enumerate(frame.itertuples(index=False), start=1):
         zone_id = _text(row.id)
         label = f"zone {zone_id!r}" if zone_id else f"feature #{number}"
@@ -167,6 +184,12 @@ def read_zones(path: str | PathLike[str], *, layer: str | None = None,
             known = ", ".join(ZONE_TYPES)
             feature_problems.append(f"unknown type {zone_type!r}; expected one of {known}")
         geom = row.geometry
+        if fine[number - 1]:
+            problems.extend(f"{where}: {label}: {p}" for p in feature_problems)
+            if feature_problems or zone_id is None or zone_type is None:
+                continue
+            zones.append(_zone(zone_id, zone_type, geom, row))
+            continue
         if geom is not None and not geom.is_empty and shapely.has_z(geom):
             geom = shapely.force_2d(geom)
         unrepairable = False
@@ -185,9 +208,7 @@ def read_zones(path: str | PathLike[str], *, layer: str | None = None,
         problems.extend(f"{where}: {label}: {p}" for p in feature_problems)
         if feature_problems or zone_id is None or zone_type is None:
             continue
-        name = _text(getattr(row, "name", None)) or zone_id
-        parent = _text(getattr(row, "parent_id", None))
-        zones.append(Zone(id=zone_id, name=name, type=zone_type, geometry=geom, parent_id=parent))
+        zones.append(_zone(zone_id, zone_type, geom, row))
 
     # Parents are checked once all ids are known: a parent may come later in the file.
     for zone in zones:

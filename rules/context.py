@@ -42,10 +42,17 @@ class World:
         self._zone_devices_memo: dict[str, tuple[str, ...]] | None = None
         # Registered rain gauges in cells of about a kilometre, and those near a place (fixed).
         self._rain_cells: dict[tuple[int, int], list[DeviceSite]] = {}
-        for site in registry.values():
+        self._rain_near: dict[tuple[Position, float], tuple[str, ...]] = {}
+        self.forget_fleet()
+
+    def forget_fleet(self) -> None:
+        """The registry changed (a device added, moved or retired): work its memos out again."""
+        self._zone_devices_memo = None
+        self._rain_cells = {}
+        for site in self.registry.values():
             if site.kind == "rain" and site.position is not None:
                 self._rain_cells.setdefault(_cell(site.position), []).append(site)
-        self._rain_near: dict[tuple[Position, float], tuple[str, ...]] = {}
+        self._rain_near = {}
 
     def rain_gauges_near(self, w: Work, position: Position, radius_m: float
                          ) -> list[rainmod.RainGauge]:

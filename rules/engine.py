@@ -209,6 +209,33 @@ class Engine:
         """Devices with a fault now (maintenance), by id."""
         return {d: h for d, h in sorted(state.health.items()) if h.fault is not None}
 
+    # --- registry changes at run time ---------------------------------------------------------
+
+    def register_device(self, site: DeviceSite) -> None:
+        """Add a device to the registry, or move it (an admin's change through the API, while
+        the engine runs); what the engine memoised about the fleet is worked out again."""
+        self.registry[site.device_id] = site
+        self._forget_fleet_memos()
+
+    def retire_device(self, state: EngineState, device_id: str) -> EngineState:
+        """Take a device out of the registry and out of ``state``: its health, its learned
+        site and its rain record go, so that its silence never raises a fault. Alerts it fed
+        clear by their own timeouts, as when any gauge stops."""
+        self.registry.pop(device_id, None)
+        self._forget_fleet_memos()
+
+        def without(section: Mapping[str, Any]) -> Mapping[str, Any]:
+            if device_id not in section:
+                return section
+            return MappingProxyType({k: v for k, v in section.items() if k != device_id})
+
+        return replace(state, health=without(state.health), sites=without(state.sites),
+                       rain=without(state.rain))
+
+    def _forget_fleet_memos(self) -> None:
+        self.world.forget_fleet()
+        self.router.forget_fleet()
+
     # --- applying one item ----------------------------------------------------------------
 
     def _apply(self, w: Work, item: Item) -> None:

@@ -28,6 +28,10 @@ class Router:
         self._routed: dict[tuple[str, Position], tuple[Target, ...]] = {}
         self._fault_zone: dict[tuple[str, tuple[str, ...]], str | None] = {}
 
+    def forget_fleet(self) -> None:
+        """The registry changed: the maintenance zones of devices are worked out again."""
+        self._fault_zone.clear()
+
     def targets(self, item: Item) -> list[Target]:
         """Every (zone, hazard) the item is offered to: each hazard of each zone it lies in
         (once each, in order), then the zones it reaches at a distance."""

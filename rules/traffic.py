@@ -24,10 +24,12 @@ The zone's level is the most severe of the speed level and the incidents'.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any, ClassVar
 
 from geo.zones import Zone
@@ -101,6 +103,8 @@ class TrafficRule(HazardRuleBase):
                             Level.ORANGE: params.orange_kmh}
         self._incident_clear_after = timedelta(seconds=params.incident_clear_after_s)
         self._stale = timedelta(seconds=STALE_S)
+        self._baseline = timedelta(seconds=params.suspect_baseline_s)
+        self._recent = timedelta(seconds=params.suspect_recent_s)
         self._suspect_level = Level[params.suspect_level.upper()]
 
     def check_zone(self, zone: Zone) -> None:
@@ -148,8 +152,10 @@ class TrafficRule(HazardRuleBase):
         occ = obs.values.get("occupancy_pct")
         occ = float(occ) if occ is not None and math.isfinite(occ) else None
         p = self.params
-        recent = () if prev is None else tuple(
-            r for r in prev.recent if (obs.ts - r[0]).total_seconds() <= p.suspect_baseline_s)
+        # ``recent`` is in time order (older readings were turned away above): cut by bisection,
+        # not by a scan of the whole window per reading.
+        recent = () if prev is None else prev.recent[bisect.bisect_left(
+            prev.recent, obs.ts - self._baseline, key=itemgetter(0)):]
         empty = _no_vehicles(obs.values)
         if not empty:
             recent = (*recent, (obs.ts, float(speed), occ or 0.0))
@@ -176,15 +182,15 @@ class TrafficRule(HazardRuleBase):
         p = self.params
         if p.suspect_drop <= 0:
             return None
-        cut = d.ts - timedelta(seconds=p.suspect_recent_s)
-        before = [r for r in d.recent if r[0] < cut]
-        now = [r for r in d.recent if r[0] >= cut]
+        split = bisect.bisect_left(d.recent, d.ts - self._recent, key=itemgetter(0))
+        before, now = d.recent[:split], d.recent[split:]
         if len(before) < 2 or not now:
             return None
-        base_v = sum(r[1] for r in before) / len(before)
-        base_o = sum(r[2] for r in before) / len(before)
-        v = sum(r[1] for r in now) / len(now)
-        o = sum(r[2] for r in now) / len(now)
+        # map(itemgetter): the same sums, in the same order, without a Python-level loop.
+        base_v = sum(map(itemgetter(1), before)) / len(before)
+        base_o = sum(map(itemgetter(2), before)) / len(before)
+        v = sum(map(itemgetter(1), now)) / len(now)
+        o = sum(map(itemgetter(2), now)) / len(now)
         if base_v >= p.suspect_min_baseline_kmh and v <= base_v * (1 - p.suspect_drop) and \
                 o >= base_o + p.suspect_occupancy_jump_pct:
             return (f"{d.device_id}: speed {base_v:.0f} -> {v:.0f} km/h, occupancy "

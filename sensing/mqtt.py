@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sensing.limits import ENGINE_MAX_PACKET_BYTES
+from sensing.read_buffer import BufferedSocket
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,15 @@ class MqttLink:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
-        self._client.on_socket_open = no_delay
+        self._client.on_socket_open = self._socket_open
+
+    @staticmethod
+    def _socket_open(client: mqtt.Client, userdata: object, sock: object) -> None:
+        no_delay(client, userdata, sock)
+        # Called just after paho stored the socket: serve its small reads from a buffer
+        # (sensing.read_buffer). Only if paho keeps it where 2.2 does; otherwise unbuffered.
+        if getattr(client, "_sock", None) is sock:
+            client._sock = BufferedSocket(sock)
 
     def connect_properties(self) -> Properties | None:
         """MQTT 5 CONNECT properties: our session, and how much the broker may send us at once.

@@ -43,6 +43,7 @@ from simulators.links import (
     SharedLinks,
     paho_client,
     parse_url,
+    shared_groups,
     status_topic,
 )
 from simulators.scenario import Scenario, ScenarioState, load_scenario
@@ -91,9 +92,11 @@ class Progress:
         done = "" if self.done is None else f" ({self.done:.0%})"
         teams = (f" | dispatches {self.dispatches}, acks {self.acks}"
                  if self.dispatches or self.acks else "")
+        # Behind the clock: the fleet is more than this process keeps up with.
+        late = f" | behind by {self.lag_s:.2f} s" if self.lag_s >= 0.01 else ""
         return (f"sim {self.sim_time:%Y-%m-%d %H:%M:%S}Z{done} | sent {self.sent_total} "
                 f"({kinds}) | pending {self.pending} | broker "
-                f"{'up' if self.connected else 'DOWN'}{teams}")
+                f"{'up' if self.connected else 'DOWN'}{teams}{late}")
 
 
 # Heap entries are plain tuples of numbers first (fast to compare): seconds since the start, then
@@ -223,6 +226,17 @@ def scale_fleet(devices: Sequence[DeviceConfig], n: int, seed: int) -> list[Devi
     return out
 
 
+def shard_of(devices: Sequence[DeviceConfig], index: int, count: int) -> list[DeviceConfig]:
+    """The devices one of ``count`` simulator processes drives (``citywatch simulate --procs``):
+    whole shared-connection groups, every ``count``-th one, so that a gateway's devices are
+    never split between two processes (two connections with one gateway's id would throw each
+    other off the broker)."""
+    if not 0 <= index < count:
+        raise SimulatorError(f"shard {index}/{count}: expected 0 <= index < count")
+    groups = len(shared_groups(len(devices)))  # device i is in group i % groups
+    return [d for i, d in enumerate(devices) if (i % groups) % count == index]
+
+
 def default_truth_path(scenario: str, seed: int, base: Path = Path("var")) -> Path:
     return base / "truth" / f"{scenario}-{seed}.json"
 
@@ -232,14 +246,16 @@ class Simulation:
 
     ``seed`` and ``speed`` (simulated seconds per real second, used by :meth:`run`) default to
     the scenario's. ``zones`` replaces the configured zones file; ``devices`` scales the fleet
-    to that many devices (see :func:`scale_fleet`); ``plugins`` replaces the plug-ins the config
-    names and the installed entry points provide.
+    to that many devices (see :func:`scale_fleet`); ``shard`` ``(i, n)`` keeps the part of the
+    fleet that process ``i`` of ``n`` drives (see :func:`shard_of`); ``plugins`` replaces the
+    plug-ins the config names and the installed entry points provide.
     """
 
     def __init__(self, config: SimConfig, scenario: str | Scenario, seed: int | None = None,
                  speed: float | None = None, start: datetime | None = None, *,
                  zones: Sequence[Zone] | None = None, devices: int | None = None,
-                 plugins: Mapping[str, Plugin] | None = None) -> None:
+                 plugins: Mapping[str, Plugin] | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
         if start is None or start.tzinfo is None:
             raise SimulatorError("start: expected a timezone-aware datetime")
         self.config = config
@@ -257,6 +273,8 @@ class Simulation:
         makers = factories(plugins)
         fleet = (list(config.devices) if devices is None
                  else scale_fleet(config.devices, devices, self.seed))
+        if shard is not None:
+            fleet = shard_of(fleet, *shard)
         known = []
         for d in fleet:
             if d.kind in makers:

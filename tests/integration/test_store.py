@@ -364,3 +364,41 @@ def test_migrate_refuses_a_system_schema(db_conn: Conn) -> None:
     db_conn.commit()
     with pytest.raises(store.StoreError, match="pg_catalog"):
         store.migrate(db_conn)
+
+
+def test_a_city_registry_is_written_once_and_a_restart_rewrites_nothing(
+        fresh_db_url: str) -> None:
+    """The registry by COPY (beyond a hundred devices); the same registry again changes no row;
+    a role that may not create temporary tables (the embedded database's service role) gets the
+    same result the slow way."""
+    specs = [store.DeviceSpec(f"d{i:05d}", "water", (120.0 + i * 1e-5, 31.0), (f"Z{i % 7}",))
+             for i in range(1500)]
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        store.migrate(conn, prefer_timescale=False)
+        assert store.upsert_devices(conn, specs) == 1500
+        assert store.upsert_devices(conn, specs) == 0
+        moved = [store.DeviceSpec(s.id, s.kind, (121.0, 31.0), ()) for s in specs[:3]]
+        assert store.upsert_devices(conn, moved + specs[3:]) == 3
+        role = f"cw_notemp_{fresh_db_url.rsplit('_', 1)[-1]}"
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        db = conn.info.dbname
+        conn.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+            sql.Identifier(db)))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON devices TO {}").format(
+            sql.Identifier(role)))
+    try:
+        limited = psycopg.conninfo.make_conninfo(fresh_db_url, user=role)
+        try:
+            conn = psycopg.connect(limited, autocommit=True)
+        except psycopg.OperationalError as exc:  # a server that asks for passwords
+            pytest.skip(f"cannot log in as a new role here: {exc}")
+        with conn:
+            assert conn.execute("SELECT has_database_privilege(current_database(), "
+                                "'TEMPORARY')").fetchone() == (False,)
+            assert store.upsert_devices(conn, specs) == 3  # the three moved back
+            rows = conn.execute("SELECT count(*), min(lon) FROM devices").fetchone()
+        assert rows == (1500, 120.0)
+    finally:
+        with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

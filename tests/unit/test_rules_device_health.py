@@ -173,6 +173,26 @@ def test_restored_maintenance_alert_clears_when_its_devices_are_well() -> None:
     assert kinds(changes, DEVICE_FAULT) == [("U2", None)]
 
 
+def test_a_retired_device_is_forgotten_and_never_falls_silent() -> None:
+    """A device retired at run time (the registry API): its silence raises no fault, and its
+    zone is judged by the devices left."""
+    engine, state, _ = run(every("w3", "water_depth_cm", 0.0, 0, 1))
+    assert "w3" in state.health
+    state = engine.retire_device(state, "w3")
+    assert "w3" not in state.health and "w3" not in engine.registry
+    state, ticked = engine.tick(state, T0 + timedelta(minutes=30))
+    assert ticked == []
+    assert engine.zone_risk(state)["U2"] == {"waterlogging": "unknown"}
+    # Registered again (a new gauge in its place): the zone counts it as soon as it reports.
+    engine.register_device(DeviceSite("w9", "water", (120.611, 31.301), ("C1", "U2")))
+    POS["w9"] = engine.registry["w9"]
+    try:
+        state, _ = engine.evaluate(state, obs(31, "w9", {"water_depth_cm": 0.0}))
+        assert engine.zone_risk(state)["U2"] == {"waterlogging": "clear"}
+    finally:
+        del POS["w9"]
+
+
 def test_same_value_across_a_silent_gap_is_not_stuck() -> None:
     """A gauge reading 2 cm, then nothing for an hour (an outage, or its clock corrected by an
     hour), then 2 cm again: its run of equal values starts again after the gap, so it is only
