@@ -66,10 +66,11 @@ from alerts.responses import ACT, NOT_FOUND, READ
 from alerts.standards_api import standards_router
 from alerts.stream import StreamHub, stream_router
 from geo.zones import Zone
+from rules import registry
+from sensing.times import iso_utc
 
 AlertState = Literal["active", "acknowledged", "resolved"]
 OrderState = Literal["open", "assigned", "accepted", "resolved", "closed"]
-Hazard = Literal["waterlogging", "falling_object", "traffic"]
 OrderAction = Literal["assign", "accept", "resolve", "close", "reopen"]
 ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 OPEN311_POST = "/open311/v2/requests.json"
@@ -263,8 +264,12 @@ def create_app(deps: ApiDeps) -> FastAPI:
                             "online": d["online"], "last_seen": _iso(d["last_seen"])}}
             for d in rows]}
 
+    # The hazards the registry knows when the app is built (plug-ins register before).
+    hazard_name: Any = Literal[registry.names()]
+
     @app.get("/api/alerts", dependencies=logged_in, responses=READ)
-    def alerts(state: AlertState | None = None, hazard: Hazard | None = None,
+    def alerts(state: AlertState | None = None,
+               hazard: hazard_name | None = None,
                zone_id: ZoneId | None = None,
                limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[dict[str, Any]]:
         with conn() as c:
@@ -436,7 +441,7 @@ def _file_route(path: Path) -> Callable[[], FileResponse]:
 
 
 def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
+    return iso_utc(ts) if ts else None
 
 
 def dumps(obj: Mapping[str, Any]) -> str:

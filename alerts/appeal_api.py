@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -59,6 +59,7 @@ from alerts.lifecycle import NotFound
 from alerts.pooled import UNAVAILABLE, pooled
 from alerts.ratelimit import RateLimit
 from alerts.responses import ACT, GEOREPORT, NOT_FOUND, READ, GeoReportError
+from sensing.times import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +397,7 @@ def _row_json(r: dict[str, Any], with_contact: bool) -> dict[str, Any]:
 def _iso(ts: datetime | None) -> str | None:
     if ts is None:
         return None
-    return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(ts, "seconds")
 
 
 __all__ = ["IntakeLimits", "NotFound", "appeals_router", "public_request"]

@@ -33,9 +33,10 @@ from psycopg_pool import ConnectionPool
 from alerts import appeal_match, appeal_reply, appeal_store, appeal_text
 from alerts.appeal_intake import AppealIn, PlaceError, caller_key, categories, fingerprint
 from alerts.store import AlertStore, Applied
-from geo.crs import distance_m, lonlat_to_utm, to_utm
+from geo.crs import lonlat_to_utm, to_utm
 from geo.gazetteer import Gazetteer, Resolved
 from geo.index import ZoneIndex
+from geo.position import metres
 from geo.zones import Zone
 from rules.base import Detection
 
@@ -218,7 +219,7 @@ class AppealDesk:
             out.append(appeal_match.Target("incident", inc.alert_id, category, d, age, texts,
                                            key is not None and key in inc.callers, inc.live))
         for case in appeal_store.cases(cur, category, now - p.appeal_window, appeal_id):
-            d = min(distance_m(position, q) for q in case.positions)
+            d = min(metres(position, q) for q in case.positions)
             if d > p.radius_m:
                 continue
             out.append(appeal_match.Target("appeal", case.case_id, category, d,

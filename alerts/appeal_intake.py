@@ -22,6 +22,7 @@ from typing import Final, Literal
 
 from alerts import appeal_text, open311
 from alerts.lifecycle import AlertsError
+from rules import registry
 
 OTHER: Final = "other"
 MAX_TEXT: Final = 4000
@@ -192,25 +193,15 @@ def from_hotline(params: Mapping[str, str]) -> AppealIn:
                     Contact(phone=phone(params.get("phone", ""))))
 
 
-# Concepts that tell a category, strongest first.
-_CATEGORY_CONCEPTS: Final = (
-    ("waterlogging", {"water", "overflow", "underpass", "pump"}),
-    ("falling_object", {"fall", "glass", "facade", "highrise", "window"}),
-    ("traffic", {"jam", "crash", "stuck", "signal"}),
-)
-
-
 def classify(text: str) -> str:
     """A category from the words alone (the hotline form's ``auto``), ``other`` when none is
-    clear. Water with a drain is waterlogging; a fall needs something that falls from a
-    building (glass, a facade, a window, a tower)."""
+    clear: the first hazard (in the registry's order) whose ``appeal_match`` accepts the
+    concepts the text names (water with a drain is waterlogging; a fall needs something that
+    falls from a building)."""
     found = appeal_text.concepts(text)
-    if "water" in found or ("overflow" in found and "drain" in found):
-        return "waterlogging"
-    if "fall" in found and found & {"glass", "facade", "highrise", "window", "sign"}:
-        return "falling_object"
-    if found & {"jam", "crash", "signal"} or ("stuck" in found and "vehicle" in found):
-        return "traffic"
+    for h in registry.hazards():
+        if h.appeal_match is not None and h.report_category and h.appeal_match(found):
+            return h.name
     return OTHER
 
 

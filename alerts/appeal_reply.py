@@ -13,36 +13,58 @@ note, another caller's words or contact. English and Chinese.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
+from rules import registry
+from rules.hazard import Metric
+from rules.levels import Level
+
 Lang = Literal["en", "zh"]
 Trend = Literal["rising", "falling", "steady"]
 
-HAZARD_WORDS: Final[Mapping[str, tuple[str, str]]] = {
-    "waterlogging": ("standing water", "积水"),
-    "traffic": ("a traffic problem", "交通问题"),
-    "falling_object": ("a falling object", "高空坠物"),
-    "other": ("the problem", "问题"),
+_OTHER_WORDS: Final = ("the problem", "问题")
+
+
+class _Words(Mapping[str, tuple[str, str]]):
+    """Category -> (English, Chinese) words for it: each hazard's ``resident_words``, and
+    ``other``."""
+
+    def _now(self) -> dict[str, tuple[str, str]]:
+        out = {h.name: (h.resident_words.en, h.resident_words.zh)
+               for h in registry.hazards() if h.resident_words is not None}
+        return {**out, "other": _OTHER_WORDS}
+
+    def __getitem__(self, key: str) -> tuple[str, str]:
+        return self._now()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._now())
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+
+HAZARD_WORDS: Final[Mapping[str, tuple[str, str]]] = _Words()
+LEVELS: Final[Mapping[int, tuple[str, str]]] = {lv.value: (lv.colour, lv.zh) for lv in Level}
+# How a trend reads for a hazard that is worse when its reading rises (water) or falls (speed).
+_TRENDS: Final[Mapping[tuple[str, Trend], tuple[str, str]]] = {
+    ("above", "rising"): ("rising", "仍在上涨"),
+    ("above", "falling"): ("falling", "正在回落"),
+    ("above", "steady"): ("steady", "基本持平"),
+    ("below", "rising"): ("easing", "正在好转"),
+    ("below", "falling"): ("getting worse", "仍在变差"),
+    ("below", "steady"): ("steady", "基本持平"),
 }
-LEVELS: Final[Mapping[int, tuple[str, str]]] = {
-    1: ("red", "红色"), 2: ("orange", "橙色"), 3: ("yellow", "黄色"), 4: ("blue", "蓝色")}
-_METRIC: Final[Mapping[str, tuple[str, str, str, str]]] = {
-    # metric -> (English name, unit, Chinese name, Chinese unit)
-    "water_depth_cm": ("water", "cm", "水深", "厘米"),
-    "speed_kmh": ("traffic speed", "km/h", "车速", "公里/小时"),
-}
-_TREND: Final[Mapping[tuple[str, Trend], tuple[str, str]]] = {
-    ("water_depth_cm", "rising"): ("rising", "仍在上涨"),
-    ("water_depth_cm", "falling"): ("falling", "正在回落"),
-    ("water_depth_cm", "steady"): ("steady", "基本持平"),
-    ("speed_kmh", "rising"): ("easing", "正在好转"),
-    ("speed_kmh", "falling"): ("getting worse", "仍在变差"),
-    ("speed_kmh", "steady"): ("steady", "基本持平"),
-}
+
+
+def _metric(key: str) -> Metric | None:
+    """The hazard metric of this reading key (registry), if a hazard charts it."""
+    return next((h.metric for h in registry.hazards()
+                 if h.metric is not None and h.metric.key == key and h.metric.unit.en), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +167,10 @@ def _en(f: Facts, tz: ZoneInfo) -> str:
         # cell, so the appeal's own place says more.
         head = f"{inc.place if inc.sensed else f.place}:"
         r = f.reading
-        if r is not None and r.metric in _METRIC:
-            name, unit, _zn, _zu = _METRIC[r.metric]
-            trend = f", {_TREND[(r.metric, r.trend)][0]}" if r.trend else ""
+        m = None if r is None else _metric(r.metric)
+        if r is not None and m is not None:
+            name, unit = m.words.en, m.unit.en
+            trend = f", {_TRENDS[(m.crossing, r.trend)][0]}" if r.trend else ""
             head += f" {name} {_num(r.value)} {unit} at {_t(r.at, tz)}{trend}."
         elif inc.sensed:
             head += f" {what} seen at {_t(inc.raised, tz)}."
@@ -214,9 +237,10 @@ def _zh(f: Facts, tz: ZoneInfo, roads: Mapping[str, str]) -> str:
     else:
         head = f"{place_zh(inc.place if inc.sensed else f.place, roads)}："
         r = f.reading
-        if r is not None and r.metric in _METRIC:
-            _n, _u, zn, zu = _METRIC[r.metric]
-            trend = f"，{_TREND[(r.metric, r.trend)][1]}" if r.trend else ""
+        m = None if r is None else _metric(r.metric)
+        if r is not None and m is not None:
+            zn, zu = m.words.zh, m.unit.zh
+            trend = f"，{_TRENDS[(m.crossing, r.trend)][1]}" if r.trend else ""
             head += f"{_t(r.at, tz)}{zn}{_num(r.value)}{zu}{trend}。"
         elif inc.sensed:
             head += f"{_t(inc.raised, tz)}监测到{what}。"

@@ -23,6 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from alerts.lifecycle import NotFound
+from rules import registry
 
 SCHEMA = """
 CREATE SEQUENCE IF NOT EXISTS appeal_seq;
@@ -288,7 +289,10 @@ def funnel(conn: psycopg.Connection[Any], start: datetime, end: datetime) -> dic
 
 # --- the facts of a reply -------------------------------------------------------------------
 
-_METRIC = {"waterlogging": "water_depth_cm", "traffic": "speed_kmh"}
+def _metric(hazard: str) -> str | None:
+    """The reading that shows the hazard in its zone (the registry's; None: no gauge)."""
+    h = registry.get(hazard)
+    return None if h is None or h.metric is None or not h.metric.unit.en else h.metric.key
 
 
 def incident_facts(conn: psycopg.Connection[Any], alert_id: str) -> dict[str, Any] | None:
@@ -318,7 +322,7 @@ def latest_reading(conn: psycopg.Connection[Any], hazard: str, zone_id: str, now
                    ) -> tuple[str, float, datetime, str | None] | None:
     """The zone's newest reading of the hazard's metric (the worst of its gauges at that time)
     and which way it moves over about ten minutes: (metric, value, at, trend)."""
-    metric = _METRIC.get(hazard)
+    metric = _metric(hazard)
     if metric is None:
         return None
     rows = conn.execute(

@@ -6,9 +6,8 @@ message in ``references`` without anything having been stored when it was first 
 
 Mapping (CAP 1.2 section 3.2.2 vocabularies):
 
-- ``category``: waterlogging is Met ("meteorological, including flood") and Transport (the zones
-  are underpasses and low roads, and the action is closing them); a falling object is Safety
-  ("general emergency and public safety"); a traffic incident is Transport.
+- ``category`` and ``event``: each hazard's own (``rules.hazard.Hazard.cap_categories`` and
+  ``cap_event``, read from the hazard registry).
 - ``urgency`` follows how soon a team must act (``alerts.policy.RESPOND_WITHIN``): red (10 min)
   and orange (30 min) are Immediate ("without delay"), yellow (1 h) is Expected ("soon, within
   the next hour"), blue (4 h, a watch) is Future ("in the near future"). A Cancel is Past
@@ -36,6 +35,7 @@ from shapely.geometry.polygon import orient
 from alerts.lifecycle import AlertsError
 from alerts.policy import INSTRUCTIONS
 from geo.zones import Zone
+from rules import registry
 from rules.levels import Level
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -49,16 +49,8 @@ CODE_DOMAIN = "citywatch"
 
 MsgType = Literal["Alert", "Update", "Cancel"]
 
-CATEGORIES: Mapping[str, tuple[str, ...]] = {
-    "waterlogging": ("Met", "Transport"),
-    "falling_object": ("Safety",),
-    "traffic": ("Transport",),
-}
-EVENTS: Mapping[str, str] = {
-    "waterlogging": "Urban waterlogging",
-    "falling_object": "Falling object from a building",
-    "traffic": "Traffic incident",
-}
+CATEGORIES: Mapping[str, tuple[str, ...]] = registry.view(lambda k: k.cap_categories)
+EVENTS: Mapping[str, str] = registry.view(lambda k: k.cap_event)
 URGENCY: Mapping[Level, str] = {Level.RED: "Immediate", Level.ORANGE: "Immediate",
                                 Level.YELLOW: "Expected", Level.BLUE: "Future"}
 

@@ -3,6 +3,9 @@
 - ``GET /api/zones/{zone_id}/series?hours=6``: the zone's water depth, rain and traffic speed in
   5-minute buckets, with the rule thresholds that apply to the zone, for its charts.
 - ``GET /api/funnel?operators=10``: the day's load, from messages down to work orders per operator.
+- ``GET /api/hazards``: the hazards the registry knows (built in and plug-ins) and every alert
+  name they raise, with their labels in English and Chinese and the reading that shows them, so
+  that the console names a plug-in's hazard as it names the built-in ones.
 
 Series come from ``telemetry_5min`` (sensing.store) where it is a TimescaleDB continuous aggregate.
 On plain PostgreSQL that name is a view over all of ``telemetry``, whose bucket filter cannot use an
@@ -26,6 +29,9 @@ from alerts import appeal_store
 from alerts.pooled import pooled
 from alerts.responses import NOT_FOUND
 from geo.zones import Zone
+from rules import registry
+from rules.hazard import Hazard
+from sensing.times import iso_utc
 
 BUCKET: Final = timedelta(minutes=5)
 # name -> (unit, waterlogging/traffic rule that gives its thresholds, crossing direction)
@@ -34,7 +40,6 @@ METRICS: Final[Mapping[str, tuple[str, str | None, str]]] = {
     "rain_rate_mm_h": ("mm/h", None, "above"),
     "speed_kmh": ("km/h", "traffic", "below"),
 }
-LEVEL_NAMES: Final = ("red", "orange", "yellow", "blue")
 
 _WEIGHTED: Final = ", ".join(
     f"sum({m}_avg * samples) / nullif(sum(samples) FILTER (WHERE {m}_avg IS NOT NULL), 0) "
@@ -82,22 +87,36 @@ def thresholds_for(zone: Zone, rules: Mapping[str, Any]) -> dict[str, dict[str, 
     (``RulesParams.model_dump()``); a rule or zone type it does not cover gives no thresholds.
     """
     out: dict[str, dict[str, float]] = {}
-    water = rules.get("waterlogging", {}).get("thresholds", {}).get(zone.type)
-    if "waterlogging" in zone.hazards and isinstance(water, Mapping):
-        out["water_depth_cm"] = _levels(water, "cm")
-    traffic = rules.get("traffic")
-    if "traffic" in zone.hazards and isinstance(traffic, Mapping):
-        out["speed_kmh"] = _levels(traffic, "kmh")
+    for h in registry.hazards():
+        m = h.metric
+        if h.name in zone.hazards and m is not None and m.thresholds is not None:
+            lines = m.thresholds(rules, zone.type)
+            if lines:
+                out[m.key] = lines
     return out
 
 
-def _levels(params: Mapping[str, Any], unit: str) -> dict[str, float]:
-    return {name: float(params[f"{name}_{unit}"]) for name in LEVEL_NAMES
-            if isinstance(params.get(f"{name}_{unit}"), int | float)}
+def hazards_document() -> dict[str, Any]:
+    """``GET /api/hazards``: every alert name with its labels, CAP event, Open311 service and
+    the reading that shows it."""
+    out: list[dict[str, Any]] = []
+    for name, kind in registry.alert_kinds().items():
+        h = kind if isinstance(kind, Hazard) else None
+        m = h.metric if h is not None else None
+        out.append({
+            "name": name, "label": {"en": kind.label.en, "zh": kind.label.zh},
+            "hazard": (registry.owner(name) or kind).name,
+            "zone_types": list(kind.zone_types), "cap_event": kind.cap_event,
+            "service_code": name if h is not None and h.report_category else None,
+            "sensor_backed": bool(h is not None and h.sensor_backed),
+            "metric": None if m is None else {"key": m.key, "unit": m.unit.en,
+                                              "crossing": m.crossing},
+        })
+    return {"hazards": out}
 
 
 def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(ts, "seconds")
 
 
 def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequence[Zone],
@@ -150,6 +169,11 @@ def console_router(pool: ConnectionPool[psycopg.Connection[Any]], zones: Sequenc
         return {"zone_id": zone.id, "zone_type": zone.type, "hours": hours,
                 "bucket_s": int(BUCKET.total_seconds()), "from": _iso(since), "to": _iso(end),
                 "devices": devices, "metrics": metrics}
+
+    @router.get("/api/hazards")
+    def hazards() -> dict[str, Any]:
+        """The hazards and alert names, labelled (the registry: built in and plug-ins)."""
+        return hazards_document()
 
     @router.get("/api/funnel")
     def funnel(day: Annotated[str | None, Query(

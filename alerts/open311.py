@@ -25,6 +25,8 @@ from typing import Any
 from alerts.lifecycle import AlertsError
 from alerts.policy import INSTRUCTIONS
 from geo.zones import Zone
+from rules import registry
+from sensing.times import iso_utc
 
 # GeoReport v2: "Default query limit is a span of 90 days or first 1000 requests returned,
 # whichever is smallest", and a start_date..end_date range may not span more than 90 days.
@@ -44,20 +46,10 @@ class Service:
     group: str
 
 
-SERVICES: Mapping[str, Service] = {s.code: s for s in (
-    Service("waterlogging", "Waterlogging",
-            "Standing water on a road or in an underpass, measured by water-depth gauges or "
-            "reported by grid workers.",
-            ("flood", "waterlogging", "standing water", "underpass", "drainage"), "Streets"),
-    Service("falling_object", "Falling object",
-            "An object falling from a building facade, seen by high-altitude cameras or "
-            "reported by grid workers.",
-            ("falling object", "facade", "building", "high-rise"), "Public safety"),
-    Service("traffic", "Traffic incident",
-            "A collision, a stalled vehicle, a wrong-way driver or heavy congestion, from "
-            "traffic detectors or grid workers.",
-            ("traffic", "collision", "congestion", "road"), "Streets"),
-)}
+# One service per hazard, its code the hazard's name (``rules.hazard.Hazard.service``).
+SERVICES: Mapping[str, Service] = registry.hazard_view(
+    lambda h: Service(h.name, h.service.name, h.service.description, h.service.keywords,
+                      h.service.group) if h.report_category else None)
 
 
 class Open311Error(AlertsError):
@@ -182,7 +174,7 @@ def w3c(value: Any) -> str | None:
     ts = _time(value)
     if ts is None:
         return None
-    return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(ts, "seconds")
 
 
 def to_request(order: Mapping[str, Any], zone: Zone | None,

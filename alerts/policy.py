@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from rules import registry
 from rules.levels import Level
 
 LEVELS = ("grid", "street", "district", "municipal")  # the hierarchy, bottom up
 
-# Hazards whose sensors can tell whether the problem is really gone.
-SENSOR_BACKED = frozenset({"waterlogging", "traffic"})
+# Hazards whose sensors can tell whether the problem is really gone (a view of the registry).
+SENSOR_BACKED: Mapping[str, bool] = registry.hazard_view(
+    lambda h: True if h.sensor_backed else None)
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,5 @@ def escalation_target(current_level: str, zone_chain: Sequence[str],
     return None
 
 
-INSTRUCTIONS = {
-    "waterlogging": "Check the water level on site; close the road or underpass to vehicles if "
-                    "deeper than the posted limit; open drains or start pumps.",
-    "falling_object": "Cordon the area at the foot of the building; find the floor and the source "
-                      "with building management; keep pedestrians away.",
-    "traffic": "Check the road on site; direct traffic and clear the blockage.",
-    "falling_object_pattern": "Repeated objects from this building: with its management, find "
-                              "the floor and the person; post notices; keep the area cordoned.",
-    "device_fault": "Inspect the device: its readings are not trusted until it is repaired.",
-}
+# What the team is to do, per alert name (each hazard's ``instruction``).
+INSTRUCTIONS: Mapping[str, str] = registry.view(lambda k: k.instruction)

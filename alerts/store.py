@@ -43,6 +43,7 @@ from alerts.policy import (
 from geo.zones import Zone
 from rules.base import AlertChange
 from rules.levels import Level
+from sensing.times import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class AckRefused(AlertsError):
 
 
 def _iso(ts: datetime) -> str:
-    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(ts)
 
 
 def _json(obj: Any) -> str:

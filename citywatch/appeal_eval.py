@@ -27,7 +27,7 @@ from typing import Any
 
 from alerts import appeal_match, appeal_text
 from citywatch import appeal_data
-from geo.crs import distance_m
+from geo.position import metres
 
 LABELS = appeal_data.REPO / "tests" / "data" / "appeals" / "repeat_pairs.csv"
 LANGUAGES = ("en", "para", "zh", "mixed")
@@ -48,7 +48,7 @@ class Group:
 
     def target(self, a: appeal_data.Appeal) -> appeal_match.Target:
         last = max(m.received for m in self.members)
-        near = min(distance_m(m.position, a.position) for m in self.members)
+        near = min(metres(m.position, a.position) for m in self.members)
         return appeal_match.Target("appeal", self.id, self.category, near, a.received - last,
                                    tuple(m.text for m in self.members[-5:]),
                                    any(m.caller == a.caller for m in self.members))

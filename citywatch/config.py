@@ -15,8 +15,8 @@ from typing import Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from geo.zones import ZONE_TYPE_HAZARDS
-from rules.base import DEVICE_FAULT, FALLING_OBJECT_PATTERN
+from rules import registry
+from rules.levels import LEVEL_NAMES, LevelName
 from rules.params import RulesParams
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -230,13 +230,13 @@ class Team(_Strict):
 class Route(_Strict):
     """The first route matching hazard, zone type and level wins: put the specific ones first."""
 
-    hazard: Literal["waterlogging", "falling_object", "traffic", "device_fault",
-                    "falling_object_pattern"]
+    hazard: str = Field(description="an alert name: a hazard (built in or a plug-in's), one of "
+                        "its extra alerts (falling_object_pattern) or device_fault")
     zone_type: str = Field(description="a zone type, or '*' for any")
     department: str
     team: str
-    levels: tuple[Literal["red", "orange", "yellow", "blue"], ...] = Field(
-        default=("red", "orange", "yellow", "blue"), description="levels this route takes")
+    levels: tuple[LevelName, ...] = Field(
+        default=LEVEL_NAMES, description="levels this route takes")
 
 
 class Device(_Strict):
@@ -261,8 +261,6 @@ class Device(_Strict):
         return v
 
 
-LevelName = Literal["red", "orange", "yellow", "blue"]
-LEVEL_NAMES: tuple[LevelName, ...] = ("red", "orange", "yellow", "blue")
 
 
 class WorkOrdersConfig(_Strict):
@@ -302,7 +300,7 @@ class WorkOrdersConfig(_Strict):
     @field_validator("respond_within_min", "resolve_within_min")
     @classmethod
     def _all_levels(cls, v: dict[str, float]) -> dict[str, float]:
-        missing = {"red", "orange", "yellow", "blue"} - set(v)
+        missing = set(LEVEL_NAMES) - set(v)
         if missing:
             raise ValueError(f"expected a value for every level; missing {sorted(missing)}")
         if any(m <= 0 for m in v.values()):
@@ -353,6 +351,11 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Self:
+        known = registry.alert_kinds()
+        for i, r in enumerate(self.routing):
+            if r.hazard not in known:
+                raise ValueError(f"routing[{i}].hazard: {r.hazard!r} is no hazard; known: "
+                                 f"{', '.join(known)}")
         dept_ids = {d.id for d in self.departments}
         team_ids = {t.id for t in self.teams}
         for i, t in enumerate(self.teams):
@@ -417,13 +420,8 @@ class Config(_Strict):
 
 def required_routes() -> list[tuple[str, str]]:
     """(hazard, zone type) pairs the rules can raise an alert for, so the routing table must
-    cover them: each zone type's own hazards, falling-object patterns at fall zones, grid
-    workers' reports in their grid cell, and a faulty device in any zone."""
-    pairs = [(h, t) for t, hazards in ZONE_TYPE_HAZARDS.items() for h in hazards]
-    pairs.append((FALLING_OBJECT_PATTERN, "fall_zone"))
-    pairs += [(h, "grid_cell") for h in ("waterlogging", "falling_object", "traffic")]
-    pairs += [(DEVICE_FAULT, t) for t in ZONE_TYPE_HAZARDS]
-    return pairs
+    cover them (``rules.registry.required_routes``)."""
+    return registry.required_routes()
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -475,6 +473,7 @@ def parse_config(data: Any, source: str = "config.yaml", base_dir: Path = Path("
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     data = apply_env(data, os.environ if env is None else env)
+    _register_hazards(data, source)
     if (listed := data.get("devices_file")) is not None:
         data = {**data, "devices": [*(data.get("devices") or []),
                                     *_file_devices(listed, base_dir, source)]}
@@ -482,6 +481,19 @@ def parse_config(data: Any, source: str = "config.yaml", base_dir: Path = Path("
         return Config.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(format_errors(exc, data, source)) from None
+
+
+def _register_hazards(data: Mapping[str, Any], source: str) -> None:
+    """Plug-in hazards register before validation: routes and rules parameters name them."""
+    from sensing.plugins import PluginError, register_hazards  # the composition's edge
+
+    paths = data.get("plugins") or ()
+    if not isinstance(paths, list | tuple) or not all(isinstance(p, str) for p in paths):
+        return  # validation reports it
+    try:
+        register_hazards([p for p in paths if PLUGIN_PATH.fullmatch(p)])
+    except PluginError as exc:
+        raise ConfigError(f"{source}: plugins: {exc}") from None
 
 
 def _file_devices(listed: Any, base_dir: Path, source: str) -> list[Device]:

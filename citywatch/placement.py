@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from geo.index import Hierarchy, ZoneIndex
+from geo.position import Position
 from rules.base import Detection, DeviceSite, Observation
 from sensing.models import Event, Telemetry
-
-Position = tuple[float, float]
 
 
 class Placement:

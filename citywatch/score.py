@@ -40,7 +40,8 @@ from geo.load import load_zones
 from geo.zones import Zone
 from rules.base import DEVICE_FAULT, AlertChange
 from rules.engine import Counts, Engine, EngineState
-from rules.levels import HAZARDS, Level
+from rules.levels import Level
+from rules.registry import names as hazard_names
 from sensing.decode import Decoder
 from sensing.models import Event, Rejection, Telemetry
 from simulators.truth import FaultTruth, GroundTruth, HazardTruth
@@ -151,7 +152,7 @@ def score(result: RunResult) -> list[HazardScore]:
     eps = episodes(result.changes)
     days = (result.end - result.start).total_seconds() / 86400
     out = []
-    for hazard in HAZARDS:
+    for hazard in hazard_names():
         carriers = {z.id for z in result.zones.values() if hazard in z.hazards}
         every = [e for e in eps if e.hazard == hazard and e.zone_id in carriers]
         truths = [t for t in (truth.hazards if truth else ()) if t.hazard == hazard]
@@ -195,7 +196,7 @@ def faulty_hazard_alerts(result: RunResult) -> list[AlertChange]:
     faults = result.truth.faults
     out = []
     for ch in result.changes:
-        if ch.level is None or ch.hazard not in HAZARDS:
+        if ch.level is None or ch.hazard not in hazard_names():
             continue
         named = [ev for ev in ch.evidence if "device_id" in ev]
         resting = {str(ev["device_id"]) for ev in named if ev.get("role") == "deepest"}

@@ -54,6 +54,7 @@ from sensing.decode import Decoder
 from sensing.models import Rejection
 from sensing.mqtt import MqttLink
 from sensing.plugins import load_kinds
+from sensing.times import iso_utc
 from sensing.topics import SUBSCRIPTIONS, deadletter_topic
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class Service:
                     rej.reason, rej.detail)
         body = {"reason": rej.reason, "detail": rej.detail, "topic": rej.topic,
                 "payload": rej.payload[:4096].decode("utf-8", "replace"),
-                "ts": self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+                "ts": iso_utc(self._clock())}
         self._link.publish(deadletter_topic(rej.kind, rej.device_id),
                            json.dumps(body, ensure_ascii=True), 1, False)
 
@@ -542,7 +543,7 @@ def _device_features(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 
 def _iso(ts: datetime) -> str:
-    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(ts)
 
 
 def _redact(url: str) -> str:

@@ -155,12 +155,6 @@ def utm_to_lonlat(x: ArrayLike, y: ArrayLike) -> tuple[FloatArray, FloatArray]:
     return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
 
-def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """Distance in metres between two WGS 84 [lon, lat] positions (in UTM 51N; fine near Suzhou)."""
-    x, y = lonlat_to_utm([a[0], b[0]], [a[1], b[1]])
-    return float(np.hypot(x[1] - x[0], y[1] - y[0]))
-
-
 def buffer_m(geom: BaseGeometry, metres: float, **kwargs: Any) -> BaseGeometry:
     """A WGS 84 geometry buffered by a distance in metres (computed in UTM 51N)."""
     return to_wgs84(to_utm(geom).buffer(metres, **kwargs))

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from geo.position import Position
 from geo.zones import Zone
-
-Position = tuple[float, float]
 
 # Words that say which kind of zone a road's mention means.
 _TYPE_WORDS: Final[Mapping[str, tuple[str, ...]]] = {

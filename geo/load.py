@@ -31,7 +31,7 @@ from shapely.validation import explain_validity
 
 from geo.crs import WGS84
 from geo.errors import ZoneError
-from geo.zones import ZONE_TYPE_HAZARDS, Zone
+from geo.zones import ZONE_TYPES, Zone
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _POLYGONAL_IDS = (shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON)
@@ -140,7 +140,7 @@ def read_zones(path: str | PathLike[str], *, layer: str | None = None,
     """Read and validate the zones of a file; raise :class:`ZoneError` listing every problem.
 
     Properties used: ``id``, ``name`` (defaults to the id), ``type`` (a key of
-    ``ZONE_TYPE_HAZARDS``), ``parent_id`` (optional). Other properties are ignored. A file that
+    ``ZONE_TYPES``), ``parent_id`` (optional). Other properties are ignored. A file that
     declares another CRS is reprojected to WGS 84; one without a CRS is taken as ``crs`` if given,
     else as WGS 84. ``layer`` picks a layer of a GeoPackage (default: the only one, or
     ``zones``). Z coordinates are dropped.
@@ -180,8 +180,8 @@ def read_zones(path: str | PathLike[str], *, layer: str | None = None,
         else:
             seen[zone_id] = number
         zone_type = _text(row.type)
-        if zone_type not in ZONE_TYPE_HAZARDS:
-            known = ", ".join(ZONE_TYPE_HAZARDS)
+        if zone_type not in ZONE_TYPES:
+            known = ", ".join(ZONE_TYPES)
             feature_problems.append(f"unknown type {zone_type!r}; expected one of {known}")
         geom = row.geometry
         if fine[number - 1]:

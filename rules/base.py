@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from geo.position import Position
 from rules.levels import Level
 
 if TYPE_CHECKING:
     from rules.rain import Outlook
 
-Position = tuple[float, float]
 
 # Alerts beyond the three CONTRACT hazards. A maintenance alert for a faulty device (its zone is
 # the device's first hazard zone), and a pattern of falling objects at one building.

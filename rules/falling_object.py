@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+from geo.position import Position, metres
 from geo.zones import Zone
 from rules.base import (
     FALLING_OBJECT_PATTERN,
@@ -29,9 +30,9 @@ from rules.base import (
     AlertChange,
     Detection,
     Observation,
-    Position,
     RuleContext,
 )
+from rules.hazard import AlertKind, Hazard, Label, Metric, Sensing, Service
 from rules.levels import Level
 from rules.params import FallingObjectParams
 
@@ -39,13 +40,7 @@ HAZARD = "falling_object"
 EVENT_TYPE = "falling_object"
 REPORT_TYPE = "report"
 REPORT_CONFIDENCE = 0.5  # a person saw it fall: good, but not a camera track
-_M_PER_DEG = 111_320.0
-
-
-def metres(a: Position, b: Position) -> float:
-    """Equirectangular distance: exact to centimetres over the few hundred metres used here."""
-    k = math.cos(math.radians((a[1] + b[1]) / 2))
-    return math.hypot((b[0] - a[0]) * _M_PER_DEG * k, (b[1] - a[1]) * _M_PER_DEG)
+CAMERA_RANGE_M = 300.0  # a camera watches the fall zones this close to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +104,29 @@ class FallingObjectRule:
 
     def restore_pattern(self, state: FallingObjectState, level: Level) -> FallingObjectState:
         return replace(state, pattern_level=level)
+
+    def restore_alert(self, state: FallingObjectState, alert: str, level: Level
+                      ) -> FallingObjectState:
+        if alert == HAZARD:
+            return replace(self.restore(level), pattern_level=state.pattern_level)
+        if alert == FALLING_OBJECT_PATTERN:
+            return self.restore_pattern(state, level)
+        return state
+
+    @property
+    def report_radius_m(self) -> float:
+        return self.params.corroborate_m
+
+    def corroborate(self, zone: Zone, state: FallingObjectState, report: Detection,
+                    ctx: RuleContext) -> tuple[FallingObjectState, list[AlertChange], bool]:
+        """A grid worker's report is a sighting of its own (``REPORT_CONFIDENCE``): it raises
+        the confidence of a camera's detection near it, and it matches an active alert or a
+        camera's sighting close in time."""
+        new, changes = self.evaluate(zone, state, report, ctx)
+        matched = bool(changes) or state.level is not None or any(
+            s.source == "camera" and abs((s.ts - report.ts).total_seconds())
+            <= self.params.corroborate_s for s in state.sightings)
+        return new, changes, matched
 
     def level(self, state: FallingObjectState) -> Level | None:
         return state.level
@@ -284,3 +302,29 @@ def _title(zone: Zone, s: Sighting, fused: float, sensitive: str | None, sources
     extra = f", {sources} sources" if sources > 1 else ""
     danger = f"; impact in {sensitive}" if sensitive is not None else ""
     return f"Falling object{where} at {zone.name} (confidence {fused:.2f}{extra}{danger})"
+
+
+FALLING_OBJECT = Hazard(
+    name=HAZARD,
+    params_model=FallingObjectParams,
+    rule=FallingObjectRule,
+    zone_types=("fall_zone",),
+    label=Label("Falling object", "高空坠物"),
+    cap_event="Falling object from a building",
+    cap_categories=("Safety",),  # "general emergency and public safety"
+    service=Service("Falling object", "An object falling from a building facade, seen by "
+                    "high-altitude cameras or reported by grid workers.",
+                    ("falling object", "facade", "building", "high-rise"), "Public safety"),
+    instruction="Cordon the area at the foot of the building; find the floor and the source "
+                "with building management; keep pedestrians away.",
+    sensing=Sensing(kinds=("camera",), radius_m=CAMERA_RANGE_M),
+    metric=Metric("confidence", Label("", ""), "above", Label("confidence", "置信度")),
+    resident_words=Label("a falling object", "高空坠物"),
+    appeal_match=lambda found: "fall" in found and bool(
+        found & {"glass", "facade", "highrise", "window", "sign"}),
+    extra_alerts=(AlertKind(
+        FALLING_OBJECT_PATTERN, Label("Falling-object pattern", "多次高空坠物"),
+        "Falling object pattern", ("Other",),
+        "Repeated objects from this building: with its management, find the floor and the "
+        "person; post notices; keep the area cordoned.", ("fall_zone",)),),
+)

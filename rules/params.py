@@ -8,11 +8,11 @@ generated ``config.yaml`` sets the tuned values.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-LevelName = Literal["red", "orange", "yellow", "blue"]
+from rules.levels import LevelName
 
 
 class _Strict(BaseModel):
@@ -273,6 +273,12 @@ class DeviceHealthParams(_Strict):
                                    description="level of the maintenance alert")
 
 
+def _reportable() -> tuple[str, ...]:
+    from rules import registry  # the registry imports the hazard modules, which import this
+
+    return registry.report_categories()
+
+
 class ReportParams(_Strict):
     """Grid workers' reports: corroboration of alerts, or alerts of their own."""
 
@@ -289,8 +295,9 @@ class ReportParams(_Strict):
         default=3600, gt=0, description="a report's own alert clears after this long without "
         "another report of the category in the cell")
     categories: tuple[str, ...] = Field(
-        default=("waterlogging", "falling_object", "traffic"),
-        description="report categories that are hazards (others are logged only)")
+        default_factory=_reportable,
+        description="report categories that are hazards (others are logged only); by default "
+        "every registered hazard that can be reported")
 
 
 class EventTimeParams(_Strict):
@@ -306,9 +313,46 @@ class EventTimeParams(_Strict):
 
 
 class RulesParams(_Strict):
+    """The ``rules:`` section: one entry per hazard (named after it), device health, grid
+    reports and event time. A plug-in hazard's entry is validated by its own ``params_model``
+    (``rules.registry``); one with no entry gets its model's defaults."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     waterlogging: WaterloggingParams
     falling_object: FallingObjectParams = FallingObjectParams()
     traffic: TrafficParams = TrafficParams()
-    device_health: DeviceHealthParams = DeviceHealthParams()
-    reports: ReportParams = ReportParams()
+    device_health: DeviceHealthParams = Field(default_factory=DeviceHealthParams)
+    reports: ReportParams = Field(default_factory=ReportParams)
     event_time: EventTimeParams = EventTimeParams()
+
+    @model_validator(mode="after")
+    def _plugin_hazards(self) -> Self:
+        from rules import registry  # the registry imports the hazard modules, which import this
+
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for name, raw in list(extra.items()):
+            hazard = registry.get(name)
+            if hazard is None:
+                known = ", ".join((*registry.names(), "device_health", "reports", "event_time"))
+                raise ValueError(f"{name!r} is neither a hazard nor a rules section; known: "
+                                 f"{known}")
+            if not isinstance(raw, hazard.params_model):
+                extra[name] = hazard.params_model.model_validate(raw)
+        return self
+
+    def of(self, hazard: str) -> BaseModel:
+        """The validated parameters of a hazard (a plug-in's defaults when not configured)."""
+        own = getattr(self, hazard, None) if hazard in type(self).model_fields else None
+        if isinstance(own, BaseModel):
+            return own
+        extra = self.__pydantic_extra__ or {}
+        got = extra.get(hazard)
+        if isinstance(got, BaseModel):
+            return got
+        from rules import registry
+
+        h = registry.get(hazard)
+        if h is None:
+            raise KeyError(f"no hazard {hazard!r}")
+        return h.params_model()

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from rules.base import Position
-from rules.levels import Level
+from geo.position import Position
+from rules.levels import LEVEL_NAMES, Level
 from rules.params import RainParams
 
 RATE_KEY = "rain_rate_mm_h"
 RATE_TAU_S = 300.0
-_ORDER = ("red", "orange", "yellow", "blue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +103,8 @@ def outlook(gauges: Sequence[RainGauge], params: RainParams) -> Outlook | None:
     projected: dict[str, float] = {}
     level: Level | None = None
     observed: Level | None = None
-    for colour in _ORDER:
-        sig = params.signals.get(colour)  # type: ignore[call-overload]
+    for colour in LEVEL_NAMES:
+        sig = params.signals.get(colour)
         if sig is None:
             continue
         fallen = sum(g.fallen_mm(sig.hours) for g in gauges) / n

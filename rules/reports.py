@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from geo.zones import Zone
-from rules.base import RESTORED_DUE, AlertChange, Detection
+from rules.base import NO_CONTEXT, RESTORED_DUE, AlertChange, Detection, Observation, RuleContext
 from rules.levels import Level
 from rules.params import ReportParams
 
@@ -56,7 +56,10 @@ def report_evidence(det: Detection) -> dict[str, Any]:
 
 
 class ReportRule:
+    """The rule of grid cells (``rules.hazard.Rule``): one alert per reported category."""
+
     name: ClassVar[str] = "report"
+    report_radius_m: ClassVar[float] = 0.0
 
     def __init__(self, params: ReportParams) -> None:
         self.params = params
@@ -68,8 +71,22 @@ class ReportRule:
     def enabled(self) -> bool:
         return self._level is not None
 
+    def check_zone(self, zone: Zone) -> None:
+        pass  # any grid cell
+
     def initial(self) -> ReportState:
         return ReportState()
+
+    def restore_alert(self, state: ReportState, alert: str, level: Level) -> ReportState:
+        return self.restore(state, alert, level)
+
+    def corroborate(self, zone: Zone, state: ReportState, report: Detection,  # noqa: ARG002
+                    ctx: RuleContext) -> tuple[ReportState, list[AlertChange], bool]:  # noqa: ARG002
+        return state, [], False
+
+    def reassess(self, zone: Zone, state: ReportState, ts: datetime,  # noqa: ARG002
+                 ctx: RuleContext = NO_CONTEXT) -> tuple[ReportState, list[AlertChange]]:  # noqa: ARG002
+        return state, []
 
     def restore(self, state: ReportState, category: str, level: Level) -> ReportState:
         return state.with_(category, CategoryState(level=level))
@@ -84,8 +101,11 @@ class ReportRule:
             return RESTORED_DUE  # restored: the first tick starts its quiet period
         return min(dues, default=None)
 
-    def evaluate(self, cell: Zone, state: ReportState, det: Detection
+    def evaluate(self, cell: Zone, state: ReportState, det: Observation | Detection,
+                 ctx: RuleContext = NO_CONTEXT,  # noqa: ARG002 -- the Rule interface
                  ) -> tuple[ReportState, list[AlertChange]]:
+        if not isinstance(det, Detection) or det.type != REPORT_TYPE:
+            return state, []
         category = det.attrs.get(CATEGORY_KEY)
         if self._level is None or not isinstance(category, str):
             return state, []
@@ -102,7 +122,8 @@ class ReportRule:
         return state.with_(category, new), [
             AlertChange(cell.id, category, self._level, det.ts, title, (report_evidence(det),))]
 
-    def tick(self, cell: Zone, state: ReportState, now: datetime
+    def tick(self, cell: Zone, state: ReportState, now: datetime,
+             ctx: RuleContext = NO_CONTEXT,  # noqa: ARG002 -- the Rule interface
              ) -> tuple[ReportState, list[AlertChange]]:
         changes: list[AlertChange] = []
         for category, s in state.categories:

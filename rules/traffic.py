@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from geo.zones import Zone
 from rules.base import NO_CONTEXT, AlertChange, Detection, Observation, RuleContext
+from rules.hazard import Hazard, HazardRuleBase, Label, Metric, Sensing, Service, level_lines
 from rules.hysteresis import anchor_hold, most_severe, resume_hold, step
 from rules.levels import Level
 from rules.params import TrafficParams
@@ -92,7 +93,7 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-class TrafficRule:
+class TrafficRule(HazardRuleBase):
     name: ClassVar[str] = HAZARD
     params_model: ClassVar[type[TrafficParams]] = TrafficParams
 
@@ -313,3 +314,32 @@ class TrafficRule:
         evidence = ({"last_incident_ts": state.incident_ts.isoformat()},)
         # Stamped when it became due, not when the tick came: the same whatever the tick rate.
         return new, [AlertChange(zone.id, HAZARD, level, due, title, evidence)]
+
+
+def _chart_lines(rules: Mapping[str, Any], zone_type: str) -> dict[str, float]:  # noqa: ARG001
+    return level_lines(rules.get(HAZARD), "kmh")
+
+
+def _appeal(found: frozenset[str]) -> bool:
+    return bool(found & {"jam", "crash", "signal"}) or ("stuck" in found and "vehicle" in found)
+
+
+TRAFFIC = Hazard(
+    name=HAZARD,
+    params_model=TrafficParams,
+    rule=TrafficRule,
+    zone_types=("intersection", "road_segment"),
+    label=Label("Traffic", "交通拥堵"),
+    cap_event="Traffic incident",
+    cap_categories=("Transport",),
+    service=Service("Traffic incident", "A collision, a stalled vehicle, a wrong-way driver or "
+                    "heavy congestion, from traffic detectors or grid workers.",
+                    ("traffic", "collision", "congestion", "road"), "Streets"),
+    instruction="Check the road on site; direct traffic and clear the blockage.",
+    sensing=Sensing(kinds=("traffic",)),
+    sensor_backed=True,
+    metric=Metric("speed_kmh", Label("km/h", "公里/小时"), "below",
+                  Label("traffic speed", "车速"), _chart_lines),
+    resident_words=Label("a traffic problem", "交通问题"),
+    appeal_match=_appeal,
+)

@@ -19,15 +19,18 @@ It clears when all three have: depth under the blue band, no rise towards yellow
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from geo.zones import Zone
 from rules.base import NO_CONTEXT, AlertChange, Detection, Observation, RuleContext
+from rules.hazard import Hazard, HazardRuleBase, Label, Metric, Sensing, Service, level_lines
 from rules.hysteresis import anchor_hold, most_severe, resume_hold, step
 from rules.levels import Level
 from rules.params import DepthThresholds, WaterloggingParams
+from rules.rain import Outlook
 
 HAZARD = "waterlogging"
 DEPTH_KEY = "water_depth_cm"
@@ -90,7 +93,7 @@ def rise_cm_h(history: tuple[tuple[datetime, float], ...]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx * 3600
 
 
-class WaterloggingRule:
+class WaterloggingRule(HazardRuleBase):
     name: ClassVar[str] = HAZARD
     params_model: ClassVar[type[WaterloggingParams]] = WaterloggingParams
 
@@ -108,6 +111,12 @@ class WaterloggingRule:
                 f"zone {zone.id!r} has type {zone.type!r} but rules.waterlogging.thresholds "
                 f"has only {sorted(self._thresholds)}"
             )
+
+    def rain_changed(self, state: WaterloggingState, outlook: Outlook | None) -> bool:
+        """Whether the zone was last judged on another rain signal (only a changed signal can
+        change its level)."""
+        seen = (None, None) if outlook is None else (outlook.level, outlook.observed)
+        return seen != state.rain_seen
 
     def initial(self) -> WaterloggingState:
         return WaterloggingState()
@@ -261,3 +270,36 @@ class WaterloggingRule:
         ctx: RuleContext = NO_CONTEXT,  # noqa: ARG002
     ) -> tuple[WaterloggingState, list[AlertChange]]:
         return state, []
+
+
+def _chart_lines(rules: Mapping[str, Any], zone_type: str) -> dict[str, float]:
+    return level_lines(rules.get(HAZARD, {}).get("thresholds", {}).get(zone_type), "cm")
+
+
+def _appeal(found: frozenset[str]) -> bool:
+    # Water, or a drain overflowing onto the street.
+    return "water" in found or ("overflow" in found and "drain" in found)
+
+
+WATERLOGGING = Hazard(
+    name=HAZARD,
+    params_model=WaterloggingParams,
+    rule=WaterloggingRule,
+    zone_types=("underpass", "low_road"),
+    label=Label("Waterlogging", "积水"),
+    # Met ("meteorological, including flood") and Transport: the zones are underpasses and low
+    # roads, and the action is closing them.
+    cap_event="Urban waterlogging",
+    cap_categories=("Met", "Transport"),
+    service=Service("Waterlogging", "Standing water on a road or in an underpass, measured by "
+                    "water-depth gauges or reported by grid workers.",
+                    ("flood", "waterlogging", "standing water", "underpass", "drainage"),
+                    "Streets"),
+    instruction="Check the water level on site; close the road or underpass to vehicles if "
+                "deeper than the posted limit; open drains or start pumps.",
+    sensing=Sensing(kinds=("water",)),
+    sensor_backed=True,
+    metric=Metric(DEPTH_KEY, Label("cm", "厘米"), "above", Label("water", "水深"), _chart_lines),
+    resident_words=Label("standing water", "积水"),
+    appeal_match=_appeal,
+)

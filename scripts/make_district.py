@@ -39,6 +39,7 @@ from shapely.geometry.base import BaseGeometry
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the script runs without installing the package
 
+import rules.registry  # noqa: E402,F401 -- binds the hazards to their zone types
 from geo.crs import (  # noqa: E402
     gcj02_to_wgs84_geometry,
     lonlat_to_utm,

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-Position = tuple[float, float]  # (lon, lat) in WGS 84, as in GeoJSON
+from geo import position as _position
+
+Position = _position.Position  # (lon, lat) in WGS 84, as in GeoJSON: geo's one spelling
 
 
 @dataclass(frozen=True, slots=True)

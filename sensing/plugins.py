@@ -16,6 +16,12 @@ with an entry point named after the kind::
 or a deployment lists it in ``config.yaml`` (``plugins: ["wind_gauge:WindGauge"]``). Both load at
 start; a plug-in that cannot be loaded, or that claims a kind already taken, stops the start with
 a :class:`PluginError` naming it: running on would dead-letter every message of that kind.
+
+Hazards are plug-ins too: a :class:`rules.hazard.Hazard` object, from the ``citywatch.hazards``
+entry-point group (named after the hazard) or listed in the same ``plugins:``
+(``"wind_hazard:WIND_AT_HEIGHT"``). :func:`register_hazards` puts them in ``rules.registry``
+before the configuration is validated, since the routing table and the rules' parameters must
+know them.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from rules import registry
+from rules.hazard import Hazard
 from sensing.decode import BUILTIN_KINDS, KindSpec
 from sensing.topics import is_kind
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "citywatch.devices"
+HAZARD_ENTRY_POINT_GROUP = "citywatch.hazards"
 _PATH_RE = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
 
 
@@ -123,8 +132,62 @@ def discover(paths: Iterable[str] = (), *, use_entry_points: bool = True) -> dic
                                   f"({plugin.kind!r})")
             add(plugin)
     for i, path in enumerate(paths):
-        add(_check(import_object(path), f"plugins[{i}] {path}"))
+        obj = import_object(path)
+        if isinstance(obj, Hazard):
+            continue  # a hazard: register_hazards' business
+        add(_check(obj, f"plugins[{i}] {path}"))
     return found
+
+
+def discover_hazards(paths: Iterable[str] = (), *, use_entry_points: bool = True
+                     ) -> dict[str, tuple[Hazard, str]]:
+    """Plug-in hazards by name, with where each came from: the ``citywatch.hazards``
+    entry-point group's, then the :class:`~rules.hazard.Hazard` objects among ``paths``."""
+    found: dict[str, tuple[Hazard, str]] = {}
+
+    def add(obj: Hazard, source: str) -> None:
+        have = found.get(obj.name)
+        if have is not None and have[0] is not obj:
+            raise PluginError(f"hazard {obj.name!r} is claimed twice: by {have[1]} and by "
+                              f"{source}")
+        found[obj.name] = (obj, source)
+
+    if use_entry_points:
+        for ep in sorted(entry_points(group=HAZARD_ENTRY_POINT_GROUP), key=lambda e: e.name):
+            source = f"entry point {ep.name} = {ep.value}"
+            try:
+                obj = ep.load()
+            except Exception as exc:  # any import-time error of a third-party package
+                raise PluginError(f"{source}: cannot load: {type(exc).__name__}: {exc}") from exc
+            if not isinstance(obj, Hazard):
+                raise PluginError(f"{source}: expected a rules.hazard.Hazard, got "
+                                  f"{type(obj).__name__}")
+            if obj.name != ep.name:
+                raise PluginError(f"{source}: the entry point's name must be the hazard's "
+                                  f"({obj.name!r})")
+            add(obj, source)
+    for i, path in enumerate(paths):
+        obj = import_object(path)
+        if isinstance(obj, Hazard):
+            add(obj, f"plugins[{i}] {path}")
+    return found
+
+
+def register_hazards(paths: Iterable[str] = (), *, use_entry_points: bool = True
+                     ) -> tuple[Hazard, ...]:
+    """Discover the plug-in hazards and register them (``rules.registry``); the ones added."""
+    added: list[Hazard] = []
+    for name, (hazard, source) in discover_hazards(
+            paths, use_entry_points=use_entry_points).items():
+        if registry.get(name) is hazard:
+            continue
+        try:
+            registry.register(hazard, source)
+        except registry.HazardError as exc:
+            raise PluginError(str(exc)) from None
+        log.info("hazard %r from %s", name, source)
+        added.append(hazard)
+    return tuple(added)
 
 
 def load_plugins(config: PluginSettings, *, use_entry_points: bool = True) -> dict[str, Plugin]:

@@ -27,8 +27,8 @@ from simulators.devices.base import Site
 from simulators.truth import FaultTruth, GroundTruth, Hazard, HazardTruth
 
 if TYPE_CHECKING:
-    from citywatch.config import Config
     from geo.zones import Zone
+    from simulators.configured import SimConfig
     from simulators.faults import FaultyDevice
     from simulators.scenario import ScenarioState
 
@@ -60,7 +60,7 @@ class _Zone:
 class TruthRecorder:
     """Fed with every device's true values as the simulation steps; :meth:`result` at the end."""
 
-    def __init__(self, config: Config, zones: Iterable[Zone], sites: Mapping[str, Site]) -> None:
+    def __init__(self, config: SimConfig, zones: Iterable[Zone], sites: Mapping[str, Site]) -> None:
         self.rules = config.rules
         self.zones = {z.id: z for z in zones}
         self.sites = sites

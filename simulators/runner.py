@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from citywatch.config import Device
+from simulators.configured import DeviceConfig, FleetDevice
 from simulators.credentials import FleetCredentials
 from simulators.devices import DeviceSim, Payload, Site, factories
 from simulators.devices.base import offset_m, rfc3339
@@ -51,9 +51,9 @@ from simulators.teams import Responder
 from simulators.truth import GroundTruth
 
 if TYPE_CHECKING:
-    from citywatch.config import Config
     from geo.zones import Zone
     from sensing.plugins import Plugin
+    from simulators.configured import SimConfig
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def load_zones(path: Path) -> list[Zone]:
         return []
 
 
-def _sites(devices: Sequence[Device], zones: Sequence[Zone]) -> dict[str, Site]:
+def _sites(devices: Sequence[DeviceConfig], zones: Sequence[Zone]) -> dict[str, Site]:
     import numpy as np
     import shapely
 
@@ -198,7 +198,7 @@ def _sites(devices: Sequence[Device], zones: Sequence[Zone]) -> dict[str, Site]:
     return sites
 
 
-def scale_fleet(devices: Sequence[Device], n: int, seed: int) -> list[Device]:
+def scale_fleet(devices: Sequence[DeviceConfig], n: int, seed: int) -> list[DeviceConfig]:
     """``n`` devices in the proportions of kind of ``devices``, for load tests.
 
     Fewer: the first ones of each kind. More: all of them plus copies placed within 300 m of an
@@ -207,7 +207,7 @@ def scale_fleet(devices: Sequence[Device], n: int, seed: int) -> list[Device]:
     if n < 0:
         raise SimulatorError(f"devices {n}: expected 0 or more")
     if n <= len(devices):
-        by_kind: dict[str, list[Device]] = {}
+        by_kind: dict[str, list[DeviceConfig]] = {}
         for d in devices:
             by_kind.setdefault(d.kind, []).append(d)
         # Largest remainder, so the kinds keep their shares and the total is exactly n.
@@ -221,12 +221,12 @@ def scale_fleet(devices: Sequence[Device], n: int, seed: int) -> list[Device]:
     for i in range(n - len(devices)):
         orig = devices[i % len(devices)]
         east, north = rng.uniform(-300, 300), rng.uniform(-300, 300)
-        out.append(Device(id=f"{orig.id[:56]}-c{i:06d}", kind=orig.kind, name=orig.name,
+        out.append(FleetDevice(id=f"{orig.id[:56]}-c{i:06d}", kind=orig.kind, name=orig.name,
                           position=offset_m(orig.position, east, north)))
     return out
 
 
-def shard_of(devices: Sequence[Device], index: int, count: int) -> list[Device]:
+def shard_of(devices: Sequence[DeviceConfig], index: int, count: int) -> list[DeviceConfig]:
     """The devices one of ``count`` simulator processes drives (``citywatch simulate --procs``):
     whole shared-connection groups, every ``count``-th one, so that a gateway's devices are
     never split between two processes (two connections with one gateway's id would throw each
@@ -251,7 +251,7 @@ class Simulation:
     plug-ins the config names and the installed entry points provide.
     """
 
-    def __init__(self, config: Config, scenario: str | Scenario, seed: int | None = None,
+    def __init__(self, config: SimConfig, scenario: str | Scenario, seed: int | None = None,
                  speed: float | None = None, start: datetime | None = None, *,
                  zones: Sequence[Zone] | None = None, devices: int | None = None,
                  plugins: Mapping[str, Plugin] | None = None,

@@ -30,7 +30,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from shapely.geometry import Point
 
-from simulators.devices.base import Position, Site, distance_m
+from geo.position import Position, metres
+from simulators.devices.base import Site
 from simulators.devices.camera import detection_confidence, detection_distance_m, is_night
 from simulators.errors import ScenarioError
 from simulators.physics.ballistics import fall_time_s, release_height_m
@@ -38,8 +39,8 @@ from simulators.physics.rain import ChicagoStorm, StormCell, texture
 from simulators.physics.traffic import daily_demand, queue_dissolves_s, queue_extent_km
 
 if TYPE_CHECKING:
-    from citywatch.config import Device
     from geo.zones import Zone
+    from simulators.configured import DeviceConfig
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ class ScenarioState:
 
     @classmethod
     def build(cls, scenario: Scenario, start: datetime, seed: int,
-              devices: Sequence[Device], zones: Sequence[Zone] = (),
+              devices: Sequence[DeviceConfig], zones: Sequence[Zone] = (),
               sites: Mapping[str, Site] | None = None) -> ScenarioState:
         if start.tzinfo is None:
             raise ScenarioError("start: expected a timezone-aware datetime")
@@ -524,12 +525,12 @@ def _known(ids: Sequence[str], zones_by_id: Mapping[str, Zone]) -> list[str]:
     return [z for z in ids if z in zones_by_id]
 
 
-def _devices_in(zone: Zone, devices: Sequence[Device], kind: str) -> list[str]:
+def _devices_in(zone: Zone, devices: Sequence[DeviceConfig], kind: str) -> list[str]:
     return sorted(d.id for d in devices
                   if d.kind == kind and zone.geometry.covers(Point(d.position)))
 
 
-def _congestion_targets(c: Congestion, devices: Sequence[Device], zones: Sequence[Zone],
+def _congestion_targets(c: Congestion, devices: Sequence[DeviceConfig], zones: Sequence[Zone],
                         rng: random.Random) -> frozenset[str]:
     detectors = sorted(d.id for d in devices if d.kind == "traffic")
     zones_by_id = {z.id: z for z in zones}
@@ -554,7 +555,7 @@ def _congestion_targets(c: Congestion, devices: Sequence[Device], zones: Sequenc
     return frozenset(targets)
 
 
-def _bind_incident(spec: Incident, start: datetime, devices: Sequence[Device],
+def _bind_incident(spec: Incident, start: datetime, devices: Sequence[DeviceConfig],
                    zones: Sequence[Zone], rng: random.Random) -> BoundIncident | None:
     detectors = {d.id: d for d in devices if d.kind == "traffic"}
     if not detectors:
@@ -576,7 +577,7 @@ def _bind_incident(spec: Incident, start: datetime, devices: Sequence[Device],
     if chosen is None:
         chosen = rng.choice(sorted(detectors))
     pos = detectors[chosen].position
-    distances = {d.id: distance_m(pos, d.position) / 1000 for d in detectors.values()}
+    distances = {d.id: metres(pos, d.position) / 1000 for d in detectors.values()}
     at = start + timedelta(seconds=spec.at)
     # Automatic incident detection needs the queue to form: 30 s to 2 minutes.
     detected = at + timedelta(seconds=rng.uniform(30, 120))
@@ -584,7 +585,7 @@ def _bind_incident(spec: Incident, start: datetime, devices: Sequence[Device],
                          detected, rng.uniform(*spec.confidence))
 
 
-def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequence[Zone],
+def _throws(th: Thrower, start: datetime, devices: Sequence[DeviceConfig], zones: Sequence[Zone],
             rng: random.Random) -> list[Throw]:
     cameras = {d.id: d for d in devices if d.kind == "camera"}
     fall_zones = sorted((z for z in zones if z.type == "fall_zone"), key=lambda z: z.id)
@@ -596,7 +597,7 @@ def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequ
         log.warning("thrower names camera %r, which is not in the fleet; picking one", th.camera)
     if camera is None and zone is not None and cameras:
         c = zone.geometry.centroid
-        camera = min(cameras.values(), key=lambda d: distance_m(d.position, (c.x, c.y)))
+        camera = min(cameras.values(), key=lambda d: metres(d.position, (c.x, c.y)))
     if camera is None and cameras:
         camera = cameras[rng.choice(sorted(cameras))]
     if camera is None:
@@ -607,7 +608,7 @@ def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequ
 
         def dist(z: Zone) -> float:
             c = z.geometry.centroid
-            return distance_m(cam_pos, (c.x, c.y))
+            return metres(cam_pos, (c.x, c.y))
 
         zone = min(fall_zones, key=dist)
     building_id = th.building_id or f"B-{rng.randrange(1, 10_000):04d}"
@@ -620,7 +621,7 @@ def _throws(th: Thrower, start: datetime, devices: Sequence[Device], zones: Sequ
     return sorted(out, key=lambda x: x.at)
 
 
-def _drain_targets(d: DrainFailure, devices: Sequence[Device], zones: Sequence[Zone],
+def _drain_targets(d: DrainFailure, devices: Sequence[DeviceConfig], zones: Sequence[Zone],
                    prone: Mapping[str, Position], rng: random.Random) -> frozenset[str]:
     zones_by_id = {z.id: z for z in zones}
     targets = {g for zid in _known(d.zones, zones_by_id)
@@ -631,7 +632,7 @@ def _drain_targets(d: DrainFailure, devices: Sequence[Device], zones: Sequence[Z
     return frozenset(targets)
 
 
-def _bind_faults(faults: Sequence[Fault], start: datetime, devices: Sequence[Device],
+def _bind_faults(faults: Sequence[Fault], start: datetime, devices: Sequence[DeviceConfig],
                  rng: random.Random) -> list[BoundFault]:
     out: list[BoundFault] = []
     ids = {d.id: d for d in devices}

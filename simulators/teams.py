@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from simulators.devices.base import Position, distance_m
+from geo.position import Position, metres
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Responder:
         self.seen.add(order_id)
         rng = random.Random(f"{self.seed}:{team_id}:{order_id}")  # noqa: S311 - not security
         loc = msg.get("loc")
-        far_m = (distance_m(self.base, (float(loc[0]), float(loc[1])))
+        far_m = (metres(self.base, (float(loc[0]), float(loc[1])))
                  if isinstance(loc, list) and len(loc) == 2 else 3000.0)
         accepted = now + timedelta(seconds=rng.uniform(*ACCEPT_S))
         drive_s = far_m / 1000 / DRIVE_KM_H * 3600

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from sensing.times import iso_utc
+
 Hazard = Literal["waterlogging", "falling_object", "traffic"]
 FaultKind = Literal["stuck", "spike", "drift", "silent", "dead_battery", "dropped"]
 
@@ -56,7 +58,7 @@ class GroundTruth:
     def to_json(self) -> str:
         def default(o: object) -> str:
             if isinstance(o, datetime):
-                return o.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                return iso_utc(o)
             raise TypeError(type(o).__name__)
 
         return json.dumps(asdict(self), default=default, indent=1)

@@ -2,9 +2,9 @@
 // board, zone charts and the day's load, kept live from GET /api/stream.
 // Plain ES modules, no dependencies, nothing fetched from outside the citywatch API (CONTRACT §4).
 
-import { appealsBlock, funnelAppeals, initHotline, labelHotline } from './appeals.js';
+import { appealsBlock, funnelAppeals, initHotline, labelHotline, setCategories } from './appeals.js';
 import { lineChart, funnelChart } from './charts.js';
-import { LANGS, getLang, setLang, t, tOr } from './i18n.js';
+import { LANGS, addHazardLabels, getLang, setLang, t, tOr } from './i18n.js';
 import { Live } from './live.js';
 import {
   buildLegend, buildMap, buildMapTools, drawDevices, isPinned, onZonePicked, pin, refreshPinned,
@@ -33,8 +33,9 @@ const WO_STATES = ['open', 'assigned', 'accepted', 'resolved', 'closed'];
 const WO_ACTIONS = ['assign', 'accept', 'resolve', 'close', 'reopen'];
 const CLOSED_SHOWN = 30; // the closed column shows the newest few
 const HEADER_COUNTS = ['messages', 'stored', 'rejected', 'alerts_open', 'work_orders_open', 'dispatched'];
-const EVIDENCE_KEYS = { waterlogging: 'water_depth_cm', traffic: 'speed_kmh', falling_object: 'confidence' };
-const METRIC_UNITS = { water_depth_cm: 'cm', rain_rate_mm_h: 'mm/h', speed_kmh: 'km/h', confidence: '' };
+// hazard -> the reading its evidence shows, and reading -> unit: from GET /api/hazards.
+const EVIDENCE_KEYS = {};
+const METRIC_UNITS = { rain_rate_mm_h: 'mm/h' };
 
 const ui = {
   busy: new Set(), // alert ids with an action in flight
@@ -154,6 +155,22 @@ function reportUnexpected(results) {
   }
 }
 
+/** The hazards the server knows (built in and plug-ins): their names, readings, categories. */
+async function loadHazards() {
+  const doc = await fetchJSON('/api/hazards');
+  const list = doc && Array.isArray(doc.hazards) ? doc.hazards : [];
+  addHazardLabels(list);
+  for (const h of list) {
+    if (h.metric && typeof h.metric.key === 'string') {
+      EVIDENCE_KEYS[h.name] = h.metric.key;
+      METRIC_UNITS[h.metric.key] = h.metric.unit || '';
+    }
+  }
+  setCategories(list.filter((h) => h.service_code).map((h) => h.service_code));
+  ui.hazardsLoaded = true;
+  applyLabels();
+}
+
 /** Fetch the lists (and the zones the first time). True when the server answered. */
 async function resync() {
   if (!ui.me && (await loadSession())) {
@@ -162,6 +179,7 @@ async function resync() {
   }
   const jobs = [loadAlerts(), loadWorkOrders()];
   if (!state.zones.size) jobs.push(loadZones()); // the map needs them once, then every ZONES_MS
+  if (!ui.hazardsLoaded) jobs.push(loadHazards());
   const results = await Promise.allSettled(jobs);
   reportUnexpected(results);
   const ok = results.every((r) => r.status === 'fulfilled');

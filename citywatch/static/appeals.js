@@ -6,7 +6,8 @@ import { getLang, t, tOr } from './i18n.js';
 import { cancelPick, markPicked, pickPoint } from './map.js';
 import { $, el, errorText, fetchJSON, shortTime } from './util.js';
 
-const CATEGORIES = ['auto', 'waterlogging', 'falling_object', 'traffic', 'other'];
+// 'auto', the hazards residents can report (GET /api/hazards: setCategories), 'other'.
+let CATEGORIES = ['auto', 'other'];
 const SHOWN = 3; // the newest appeals listed on an incident
 
 const cache = new Map(); // alert id -> {duplicates, data} | {duplicates, error}
@@ -70,6 +71,11 @@ let picked = null; // [lon, lat] picked on the map
 function setWhere() {
   $('hotline-where').textContent = picked
     ? t('hotlinePicked', { lon: picked[0].toFixed(5), lat: picked[1].toFixed(5) }) : '';
+}
+
+export function setCategories(codes) {
+  CATEGORIES = ['auto', ...codes, 'other'];
+  labelHotline();
 }
 
 export function labelHotline() {

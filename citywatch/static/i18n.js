@@ -31,7 +31,7 @@ const STRINGS = {
     },
     levelByName: { red: 'Red', orange: 'Orange', yellow: 'Yellow', blue: 'Blue' },
     noLevel: 'no warning',
-    hazards: { waterlogging: 'Waterlogging', falling_object: 'Falling object', traffic: 'Traffic' },
+    hazards: {}, // from GET /api/hazards (the hazard registry): addHazardLabels
     zoneTypes: {
       district: 'district', street: 'street', grid_cell: 'grid cell', underpass: 'underpass',
       low_road: 'low road', fall_zone: 'fall zone', intersection: 'intersection',
@@ -215,7 +215,7 @@ const STRINGS = {
     },
     levelByName: { red: '红色', orange: '橙色', yellow: '黄色', blue: '蓝色' },
     noLevel: '无预警',
-    hazards: { waterlogging: '积水', falling_object: '高空坠物', traffic: '交通拥堵' },
+    hazards: {},
     zoneTypes: {
       district: '区', street: '街道', grid_cell: '网格', underpass: '下穿通道', low_road: '低洼路段',
       fall_zone: '坠物区', intersection: '路口', road_segment: '路段',
@@ -390,6 +390,16 @@ export function t(key, vars = {}) {
   if (s === undefined) s = lookup(STRINGS.en, key);
   if (typeof s !== 'string') return key;
   return s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
+}
+
+/** The hazards' names from the server's registry (GET /api/hazards: built in and plug-ins). */
+export function addHazardLabels(hazards) {
+  for (const h of hazards || []) {
+    if (!h || typeof h.name !== 'string' || !h.label) continue;
+    for (const l of LANGS) {
+      if (typeof h.label[l] === 'string' && h.label[l]) STRINGS[l].hazards[h.name] = h.label[l];
+    }
+  }
 }
 
 /** Like t(), but with a fallback for keys that come from data (a new zone type, say). */

@@ -15,12 +15,12 @@ from simulators.devices import camera, grid, rain, traffic, water
 from simulators.devices.base import BaseDevice, DeviceSim, Output, Payload, Site
 
 if TYPE_CHECKING:
-    from citywatch.config import Device
     from sensing.plugins import Plugin
+    from simulators.configured import DeviceConfig
 
 log = logging.getLogger(__name__)
 
-DeviceFactory = Callable[["Device", Site, random.Random], DeviceSim]
+DeviceFactory = Callable[["DeviceConfig", Site, random.Random], DeviceSim]
 
 FACTORIES: dict[str, DeviceFactory] = {
     "camera": camera.create,

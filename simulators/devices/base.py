@@ -9,49 +9,35 @@ A device kind, built in or a plug-in, is a subclass of :class:`BaseDevice` with 
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from geo.position import Position, offset
+from sensing.times import iso_utc
+
 if TYPE_CHECKING:
-    from citywatch.config import Device
     from sensing.decode import KindSpec
+    from simulators.configured import DeviceConfig
     from simulators.scenario import ScenarioState
 
-Position = tuple[float, float]  # (lon, lat) in WGS 84
 Payload = dict[str, Any]  # one JSON object of CONTRACT section 1
 Output = tuple[str, Payload]  # (channel, payload)
 
 # Metres per degree of latitude; a local equirectangular step is exact enough within a district.
-_M_PER_DEG = 111_320.0
 BATTERY_FULL_V = 4.2
 BATTERY_CUTOFF_V = 3.3  # a Li-ion cell's protection circuit cuts the device off here
 
 
 def rfc3339(t: datetime) -> str:
     """``2026-11-23T08:15:00.250Z``: UTC, milliseconds, ``Z`` (CONTRACT: times)."""
-    if t.tzinfo is None:
-        raise ValueError("expected a timezone-aware datetime")
-    u = t if t.tzinfo is UTC else t.astimezone(UTC)
-    # isoformat is C code and truncates to milliseconds as devices do; strftime is 5x slower.
-    return u.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return iso_utc(t)
 
 
 def offset_m(pos: Position, east_m: float, north_m: float) -> Position:
     """``pos`` moved by metres east and north."""
-    lon, lat = pos
-    dlat = north_m / _M_PER_DEG
-    dlon = east_m / (_M_PER_DEG * math.cos(math.radians(lat)))
-    return (lon + dlon, lat + dlat)
-
-
-def distance_m(a: Position, b: Position) -> float:
-    mid_lat = math.radians((a[1] + b[1]) / 2)
-    dx = (b[0] - a[0]) * _M_PER_DEG * math.cos(mid_lat)
-    dy = (b[1] - a[1]) * _M_PER_DEG
-    return math.hypot(dx, dy)
+    return offset(pos, east_m, north_m)
 
 
 def round_pos(pos: Position) -> list[float]:
@@ -108,7 +94,7 @@ class BaseDevice:
         self._seq = 0
 
     @classmethod
-    def create(cls, device: Device, site: Site, rng: random.Random) -> BaseDevice:
+    def create(cls, device: DeviceConfig, site: Site, rng: random.Random) -> BaseDevice:
         del site  # most kinds do not care which zones they stand in
         return cls(device.id, device.position, rng)
 

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from shapely.geometry import Point
 
+from geo.position import Position, metres
 from sensing.decode import BUILTIN_KINDS, KindSpec
 from simulators.devices.base import (
     BaseDevice,
     Output,
-    Position,
-    distance_m,
     offset_m,
     round_pos,
 )
@@ -73,7 +72,7 @@ def detection_distance_m(camera: Position, zone: Zone | None, rng: random.Random
     if zone is None:
         return rng.uniform(60, 150)
     c = zone.geometry.centroid
-    return distance_m(camera, (c.x, c.y))
+    return metres(camera, (c.x, c.y))
 
 
 class Camera(BaseDevice):

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from geo.position import Position, metres
 from sensing.decode import BUILTIN_KINDS, KindSpec
 from simulators.devices.base import (
     BaseDevice,
     Output,
-    Position,
-    distance_m,
     offset_m,
     round_pos,
 )
@@ -84,7 +83,7 @@ class GridWorker(BaseDevice):
 
     def _move(self, target: Position, speed: float, seconds: float) -> float:
         """Towards ``target``; returns the seconds left on arrival (0 if still on the way)."""
-        d = distance_m(self.loc, target)
+        d = metres(self.loc, target)
         if d <= speed * seconds:
             self.loc = target
             return seconds - d / speed
@@ -108,7 +107,7 @@ class GridWorker(BaseDevice):
 
     def _watch_spot(self, world: ScenarioState) -> str | None:
         if not self._spot_known:
-            near = [(distance_m(self.home, p), sid) for sid, p in world.flood_spots.items()]
+            near = [(metres(self.home, p), sid) for sid, p in world.flood_spots.items()]
             near = [x for x in near if x[0] <= WATCH_WITHIN_M]
             self._spot = min(near)[1] if near else None
             self._spot_known = True
@@ -143,7 +142,7 @@ class GridWorker(BaseDevice):
                  depth: float) -> None:
         rng = self.rng
         if (spot is not None and depth >= REPORT_DEPTH_CM
-                and distance_m(self.loc, world.flood_spots[spot]) <= SEEN_WITHIN_M):
+                and metres(self.loc, world.flood_spots[spot]) <= SEEN_WITHIN_M):
             last = self._last_report.get(spot)
             # A first report once the photo is taken, then follow-ups while it lasts.
             if last is None or (t - last).total_seconds() >= rng.uniform(900, 1800):
@@ -154,7 +153,7 @@ class GridWorker(BaseDevice):
                 self._last_report[spot] = t + timedelta(seconds=240)
         for inc in world.active_incidents(t):
             key = f"incident:{inc.device_id}:{inc.at.isoformat()}"
-            if key not in self._decided and distance_m(self.loc, inc.position) <= INCIDENT_WITHIN_M:
+            if key not in self._decided and metres(self.loc, inc.position) <= INCIDENT_WITHIN_M:
                 self._decided.add(key)
                 if rng.random() < 0.7:
                     self._later(t, 120, 480, "traffic",
@@ -165,7 +164,7 @@ class GridWorker(BaseDevice):
                 continue
             c = throw.zone.geometry.centroid
             key = f"impact:{throw.camera_id}:{throw.at.isoformat()}"
-            if key not in self._decided and distance_m(self.loc, (c.x, c.y)) <= IMPACT_WITHIN_M:
+            if key not in self._decided and metres(self.loc, (c.x, c.y)) <= IMPACT_WITHIN_M:
                 self._decided.add(key)
                 if rng.random() < 0.5:
                     self._later(t, 180, 600, "falling_object",

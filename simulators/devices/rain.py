@@ -14,8 +14,9 @@ from collections import deque
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from geo.position import Position
 from sensing.decode import BUILTIN_KINDS, KindSpec
-from simulators.devices.base import BaseDevice, Output, Position
+from simulators.devices.base import BaseDevice, Output
 from simulators.physics.rain import TIP_MM
 
 RATE_WINDOW = timedelta(minutes=5)

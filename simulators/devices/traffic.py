@@ -15,8 +15,9 @@ import random
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from geo.position import Position
 from sensing.decode import BUILTIN_KINDS, KindSpec
-from simulators.devices.base import BaseDevice, Output, Position
+from simulators.devices.base import BaseDevice, Output
 from simulators.physics.traffic import (
     CAPACITY_VEH_H_LANE,
     bpr_speed_kmh,

@@ -12,12 +12,13 @@ import random
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from geo.position import Position
 from sensing.decode import BUILTIN_KINDS, KindSpec
-from simulators.devices.base import BaseDevice, Output, Position, Site
+from simulators.devices.base import BaseDevice, Output, Site
 from simulators.physics.runoff import SITES, Catchment, Reservoir
 
 if TYPE_CHECKING:
-    from citywatch.config import Device
+    from simulators.configured import DeviceConfig
     from simulators.scenario import ScenarioState
 
 NOISE_CM = 0.3
@@ -43,7 +44,7 @@ class WaterGauge(BaseDevice):
         self.reservoir = Reservoir(catchment.scaled(rng.uniform(0.85, 1.15)))
 
     @classmethod
-    def create(cls, device: Device, site: Site, rng: random.Random) -> WaterGauge:
+    def create(cls, device: DeviceConfig, site: Site, rng: random.Random) -> WaterGauge:
         return cls(device.id, device.position, rng, SITES[site_type(site)])
 
     @property

