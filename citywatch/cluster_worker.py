@@ -178,8 +178,22 @@ class ClusterWorker:
         if self.mqtt_ports:
             await asyncio.to_thread(touch_mqtt, self.mqtt_ports[0], self.mqtt_password,
                                     f"citywatch-setup-{self.me}")
-        await ensure_topology(js, self.parts.partitions)
-        self.kv = await self.kv_js.key_value(LEASES)
+        # A busy or electing cluster times requests out (seen at start under load): a worker
+        # keeps trying, as it does once running, instead of dying before its first lease.
+        delay = 0.5
+        while True:
+            try:
+                await ensure_topology(js, self.parts.partitions)
+                self.kv = await self.kv_js.key_value(LEASES)
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                    nats.js.errors.ServiceUnavailableError) as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("worker %s: JetStream not ready (%s); trying again in %.1f s",
+                            self.me, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # --- routing ---------------------------------------------------------------------------
     async def route_loop(self) -> None:
