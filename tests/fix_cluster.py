@@ -31,7 +31,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citywatch.config import Config
-from tests.fix_faults import CONFIG, REPO, Key, Reading, in_ci
+from tests.fix_faults import CONFIG, REPO, Key, Publishing, Reading, in_ci
 
 SCRIPT = REPO / "scripts" / "cluster" / "natscluster.py"
 
@@ -158,7 +158,7 @@ def owners(cluster: NatsCluster) -> dict[str, str]:
     return asyncio.run(read())
 
 
-class ClusterFleet:
+class ClusterFleet(Publishing):
     """Devices publishing ``readings`` at QoS 1 (MQTT 3.1.1, persistent session), one client
     per device with its own credentials, device i on node i mod n; a device whose node goes
     away reconnects to the next one and sends again what was not acknowledged. ``rate`` is
@@ -240,27 +240,6 @@ class ClusterFleet:
                 self._stop.wait(delay)
             self._publish_one(r)
         self.done.set()
-
-    def keys(self, upto: int | None = None) -> list[Key]:
-        n = self.published if upto is None else upto
-        return [r.key for r in self.readings[:n]]
-
-    def wait_done(self, timeout: float = 300.0) -> None:
-        if not self.done.wait(timeout):
-            raise AssertionError(f"the fleet published {self.published}/{len(self.readings)}")
-
-    def wait_acked(self, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending and self.done.is_set():
-                    return True
-            time.sleep(0.1)
-        return False
-
-    def unanswered(self) -> int:
-        with self._lock:
-            return len(self._pending)
 
     def close(self) -> None:
         self._stop.set()

@@ -151,7 +151,42 @@ def _no_delay(_c: mqtt.Client, _u: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class Fleet:
+class Publishing:
+    """What every test fleet shares: the readings, how many were handed to the client, and the
+    messages the broker has not answered yet (``_pending``, under ``_lock``)."""
+
+    readings: list[Reading]
+    published: int
+    done: threading.Event
+    _pending: dict[Any, Key]
+    _lock: threading.Lock
+
+    def keys(self, upto: int | None = None) -> list[Key]:
+        """The keys published so far (the first ``upto``)."""
+        n = self.published if upto is None else upto
+        return [r.key for r in self.readings[:n]]
+
+    def wait_done(self, timeout: float = 300.0) -> None:
+        if not self.done.wait(timeout):
+            raise AssertionError(f"the fleet published {self.published}/{len(self.readings)} "
+                                 f"in {timeout:g} s")
+
+    def wait_acked(self, timeout: float = 60.0) -> bool:
+        """Until every published message was answered by the broker; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending and self.done.is_set():
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def unanswered(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+class Fleet(Publishing):
     """Publishes ``readings`` at QoS 1, ``rate`` per second, from one paho client that reconnects
     by itself (paho keeps unacknowledged and unsent QoS 1 messages and sends them again after a
     reconnect, as a device does). ``acked`` holds the keys the broker acknowledged with a success
@@ -254,32 +289,8 @@ class Fleet:
     def resume(self) -> None:
         self._go.set()
 
-    def keys(self, upto: int | None = None) -> list[Key]:
-        """The keys published so far (the first ``upto``)."""
-        n = self.published if upto is None else upto
-        return [r.key for r in self.readings[:n]]
-
     def wait_published(self, n: int, timeout: float = 120.0) -> None:
         wait_for(f"the fleet to publish {n} messages", lambda: self.published >= n, timeout)
-
-    def wait_done(self, timeout: float = 300.0) -> None:
-        if not self.done.wait(timeout):
-            raise AssertionError(f"the fleet published {self.published}/{len(self.readings)} "
-                                 f"in {timeout:g} s")
-
-    def wait_acked(self, timeout: float = 60.0) -> bool:
-        """Until every published message was answered by the broker; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending and self.done.is_set():
-                    return True
-            time.sleep(0.1)
-        return False
-
-    def unanswered(self) -> int:
-        with self._lock:
-            return len(self._pending)
 
     def close(self) -> None:
         self._stop.set()
