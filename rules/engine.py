@@ -187,7 +187,7 @@ class Engine:
         until its devices report.
         """
         levels = self.current_levels(state)
-        sites = {**self.registry, **state.sites}
+        sensors = self.router.sensing_index({**self.registry, **state.sites})
         out: dict[str, dict[str, Risk]] = {}
         for zone in self.zones.values():
             if not zone.hazards:
@@ -198,7 +198,7 @@ class Engine:
                 if level is not None:
                     risk[hazard] = level
                     continue
-                sensing = self.router.sensing(zone, hazard, sites)
+                sensing = sensors.devices(zone, hazard)
                 alive = [d for d in sensing if (h := state.health.get(d)) is not None
                          and h.last_ts is not None and h.trusted]
                 risk[hazard] = "clear" if alive else "unknown"

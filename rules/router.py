@@ -6,10 +6,11 @@ alert goes to, and which devices sense a zone. Everything follows from the zones
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from geo.nearby import NearbyIndex
-from geo.position import Position, metres
+from geo.position import Position, metres, offset
 from geo.zones import Zone
 from rules.base import DeviceSite
 from rules.engine_state import Item
@@ -87,14 +88,45 @@ class Router:
         self._fault_zone[memo_key] = found
         return found
 
-    def sensing(self, zone: Zone, hazard: str, sites: Mapping[str, DeviceSite]) -> list[str]:
-        """The devices that sense ``hazard`` in ``zone`` (for its risk: unknown without any)."""
-        h = self.hazards.get(hazard)
+    def sensing_index(self, sites: Mapping[str, DeviceSite]) -> SensingIndex:
+        """Which devices sense a hazard in a zone, for questions over every zone at once (zone
+        risk): the fleet indexed once by zone and, for hazards sensed at a distance, by grid
+        cell, instead of a scan of every device per zone (estimated at 19 s for a city)."""
+        return SensingIndex(self, sites)
+
+
+class SensingIndex:
+    """The devices that sense ``hazard`` in ``zone`` (for its risk: unknown without any): those
+    of the hazard's kinds in the zone, or within its radius of the zone's centre."""
+
+    def __init__(self, router: Router, sites: Mapping[str, DeviceSite]) -> None:
+        self._router, self._sites = router, sites
+        self._by_zone: dict[str, list[tuple[str, str]]] | None = None
+        self._grids: dict[float, dict[tuple[int, int], list[tuple[str, str, Position]]]] = {}
+
+    def devices(self, zone: Zone, hazard: str) -> list[str]:
+        h = self._router.hazards.get(hazard)
         if h is None:
             return []
         kinds, radius = h.sensing.kinds, h.sensing.radius_m
         if radius is None:
-            return [d for d, s in sites.items() if s.kind in kinds and zone.id in s.zone_ids]
-        c = self.nearby.centre(zone.id)
-        return [d for d, s in sites.items() if s.kind in kinds and s.position is not None
-                and metres(s.position, c) <= radius]
+            if self._by_zone is None:
+                self._by_zone = {}
+                for d, site in self._sites.items():
+                    for z in site.zone_ids:
+                        self._by_zone.setdefault(z, []).append((d, site.kind))
+            return [d for d, kind in self._by_zone.get(zone.id, ()) if kind in kinds]
+        step = radius / 111_000  # about the radius, in degrees; any size is right, this is quick
+        grid = self._grids.get(radius)
+        if grid is None:
+            grid = self._grids[radius] = {}
+            for d, site in self._sites.items():
+                if (p := site.position) is not None:
+                    cell = (math.floor(p[0] / step), math.floor(p[1] / step))
+                    grid.setdefault(cell, []).append((d, site.kind, p))
+        c = self._router.nearby.centre(zone.id)
+        lo, hi = offset(c, -radius, -radius), offset(c, radius, radius)
+        return [d for i in range(math.floor(lo[0] / step), math.floor(hi[0] / step) + 1)
+                for j in range(math.floor(lo[1] / step), math.floor(hi[1] / step) + 1)
+                for d, kind, p in grid.get((i, j), ())
+                if kind in kinds and metres(p, c) <= radius]
