@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -120,14 +120,9 @@ def discover(paths: Iterable[str] = (), *, use_entry_points: bool = True) -> dic
             log.info("device kind %r from %s", plugin.kind, plugin.source)
 
     if use_entry_points:
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            source = f"entry point {ep.name} = {ep.value}"
-            try:
-                obj = ep.load()
-            except Exception as exc:  # any import-time error of a third-party package
-                raise PluginError(f"{source}: cannot load: {type(exc).__name__}: {exc}") from exc
+        for name, source, obj in _entry_points(ENTRY_POINT_GROUP):
             plugin = _check(obj, source)
-            if plugin.kind != ep.name:
+            if plugin.kind != name:
                 raise PluginError(f"{source}: the entry point's name must be the kind "
                                   f"({plugin.kind!r})")
             add(plugin)
@@ -137,6 +132,17 @@ def discover(paths: Iterable[str] = (), *, use_entry_points: bool = True) -> dic
             continue  # a hazard: register_hazards' business
         add(_check(obj, f"plugins[{i}] {path}"))
     return found
+
+
+def _entry_points(group: str) -> Iterator[tuple[str, str, Any]]:
+    """The group's entry points in name order, loaded: (name, where it came from, object)."""
+    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+        source = f"entry point {ep.name} = {ep.value}"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # any import-time error of a third-party package
+            raise PluginError(f"{source}: cannot load: {type(exc).__name__}: {exc}") from exc
+        yield ep.name, source, obj
 
 
 def discover_hazards(paths: Iterable[str] = (), *, use_entry_points: bool = True
@@ -153,16 +159,11 @@ def discover_hazards(paths: Iterable[str] = (), *, use_entry_points: bool = True
         found[obj.name] = (obj, source)
 
     if use_entry_points:
-        for ep in sorted(entry_points(group=HAZARD_ENTRY_POINT_GROUP), key=lambda e: e.name):
-            source = f"entry point {ep.name} = {ep.value}"
-            try:
-                obj = ep.load()
-            except Exception as exc:  # any import-time error of a third-party package
-                raise PluginError(f"{source}: cannot load: {type(exc).__name__}: {exc}") from exc
+        for name, source, obj in _entry_points(HAZARD_ENTRY_POINT_GROUP):
             if not isinstance(obj, Hazard):
                 raise PluginError(f"{source}: expected a rules.hazard.Hazard, got "
                                   f"{type(obj).__name__}")
-            if obj.name != ep.name:
+            if obj.name != name:
                 raise PluginError(f"{source}: the entry point's name must be the hazard's "
                                   f"({obj.name!r})")
             add(obj, source)
