@@ -157,6 +157,8 @@ class Publishing:
 
     readings: list[Reading]
     published: int
+    acked: set[Key]  # answered by the broker with a success code
+    refused: dict[Key, str]  # answered with a failure code, and which
     done: threading.Event
     _pending: dict[Any, Key]
     _lock: threading.Lock
@@ -841,7 +843,7 @@ def outbox_unsent(db_url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def wait_recovered(fleet: Fleet, db_url: str, upto: int, since: float,
+def wait_recovered(fleet: Publishing, db_url: str, upto: int, since: float,
                    timeout: float = 120.0) -> float | None:
     """Seconds from ``since`` (a monotonic time: the end of the fault) until every one of the
     first ``upto`` published messages is acknowledged by the broker and stored; None if that
@@ -860,7 +862,7 @@ def wait_recovered(fleet: Fleet, db_url: str, upto: int, since: float,
     return None
 
 
-def wait_settled(fleet: Fleet, db_url: str, timeout: float = 120.0) -> None:
+def wait_settled(fleet: Publishing, db_url: str, timeout: float = 120.0) -> None:
     """Until every published message is answered by the broker, every acknowledged one is
     stored (or nothing changed for 10 s: what is still missing is lost) and the outbox is
     empty (or unchanged for 10 s)."""
@@ -885,7 +887,7 @@ def wait_settled(fleet: Fleet, db_url: str, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def take_ledger(case: str, fleet: Fleet, db_url: str, *, fault_s: float | None = None,
+def take_ledger(case: str, fleet: Publishing, db_url: str, *, fault_s: float | None = None,
                 recovery_s: float | None = None, note: str = "") -> Ledger:
     counts = stored_counts(db_url)
     acked = set(fleet.acked)

@@ -51,7 +51,7 @@ def test_rain_in_one_street_raises_a_watch_in_the_next(
             return int(row[0]), gauges
 
         severity, gauges = wait_for("a waterlogging watch on up-06", watch, timeout=30)
-        ledger = take_ledger("cluster: rain across a street's edge", fleet,  # type: ignore[arg-type]
+        ledger = take_ledger("cluster: rain across a street's edge", fleet,
                              fresh_db_url)
     finally:
         fleet.close()
