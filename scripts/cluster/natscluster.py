@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -36,10 +37,33 @@ LOOPBACK = "127.0.0.1"
 KINDS = ("camera", "water", "rain", "traffic", "grid")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    """A port that is free now and outside the kernel's ephemeral range: a port from bind(0)
+    can be given to some other process's outgoing connection before nats-server binds it
+    (seen in CI with the fault matrix running beside the cluster tests)."""
+    low, high = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000) if low >= 32000 else rng.randrange(high + 1, 65000)
+        if taken and port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            if taken is not None:
+                taken.add(port)
+            return port
+    raise SystemExit("no free port found outside the ephemeral range")
 
 
 def find_server() -> str:
@@ -122,24 +146,54 @@ def _spawn(server: str, conf: Path, log: Path) -> int:
     return proc.pid
 
 
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def start(root: Path, nodes: int = 3, users: dict[str, dict[str, str]] | None = None,
-          timeout: float = 30.0) -> dict[str, Any]:
+          timeout: float = 60.0, attempts: int = 3) -> dict[str, Any]:
+    """Start the cluster; a node that does not come up (a port taken meanwhile, a slow start on
+    a loaded machine) makes a fresh try with new ports, up to ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_once(root / f"try{attempt}" if attempt > 1 else root, nodes, users,
+                               timeout, root)
+        except _NodeDown as down:
+            print(f"node {down.node} did not come up (try {attempt} of {attempts}); "
+                  f"its log ends:\n{_log_tail(down.log)}", file=sys.stderr)
+    raise SystemExit(f"the cluster did not come up in {attempts} tries; logs under {root}")
+
+
+class _NodeDown(Exception):
+    def __init__(self, node: str, log: Path) -> None:
+        super().__init__(node)
+        self.node, self.log = node, log
+
+
+def _start_once(base: Path, nodes: int, users: dict[str, dict[str, str]] | None,
+                timeout: float, root: Path) -> dict[str, Any]:
+    base.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     server = find_server()
     route_password = secrets.token_hex(12)
     engine_password = secrets.token_hex(12)
     block = _users_block(engine_password, users or {})
     names = [f"n{i + 1}" for i in range(nodes)]
-    ports = {n: {k: free_port() for k in ("client", "cluster", "mqtt", "http")} for n in names}
+    taken: set[int] = set()
+    ports = {n: {k: free_port(taken) for k in ("client", "cluster", "mqtt", "http")}
+             for n in names}
     info: dict[str, Any] = {"root": str(root), "engine_password": engine_password, "nodes": {}}
     for n in names:
-        store = root / n / "jetstream"
+        store = base / n / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
-        conf = root / n / "nats.conf"
+        conf = base / n / "nats.conf"
         conf.write_text(node_config(n, ports[n], [ports[m]["cluster"] for m in names if m != n],
                                     store, route_password, block), encoding="utf-8")
         conf.chmod(0o600)
-        log = root / n / "nats.log"
+        log = base / n / "nats.log"
         info["nodes"][n] = {**ports[n], "conf": str(conf), "log": str(log),
                             "pid": _spawn(server, conf, log)}
     deadline = time.monotonic() + timeout
@@ -147,7 +201,7 @@ def start(root: Path, nodes: int = 3, users: dict[str, dict[str, str]] | None = 
         while not (_answers(ports[n]["mqtt"]) and _jetstream_ready(ports[n]["http"])):
             if time.monotonic() > deadline:
                 stop(root, info)
-                raise SystemExit(f"node {n} did not come up; see {root / n / 'nats.log'}")
+                raise _NodeDown(n, base / n / "nats.log")
             time.sleep(0.1)
     info["nats_urls"] = [f"nats://engine:{engine_password}@{LOOPBACK}:{ports[n]['client']}"
                          for n in names]
