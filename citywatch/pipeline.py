@@ -239,7 +239,7 @@ class Pipeline:
                 self._metrics.ticks.labels("skipped").inc()
                 return False
             now = self._clock()
-            state, changes = self._engine.tick(self.state, now - allowance)
+            state, changes = self._engine.tick(self.state, self.tick_target(now, allowance))
             applied = Applied()
             if changes:
                 try:
@@ -264,6 +264,21 @@ class Pipeline:
             if applied.changed:
                 self._on_committed()
             return True
+
+    def tick_target(self, now: datetime, allowance: timedelta) -> datetime:
+        """How far a tick moves the rules: the server's clock less ``allowance``, but no further
+        past the newest reading than the real time that passed since the last batch. When the
+        readings' stamps lag the server's clock (a buffered upload, a replayed storm), a short
+        quiet spell must not jump the rules forward by the whole lag and call every device
+        that spoke a minute ago silent for an hour."""
+        target = now - allowance
+        newest = self.state.newest
+        if newest is None:
+            return target
+        bound = newest + max(now - self._last_input, timedelta(0))
+        if self.state.clock is not None:
+            bound = max(bound, self.state.clock)
+        return min(target, bound)
 
     def adopt(self, change: Callable[[EngineState], EngineState]) -> None:
         """Change the rules' state between batches (a device retired at run time)."""

@@ -405,6 +405,32 @@ def test_no_tick_runs_while_a_backlog_drains(config: Config, fresh_db_url: str,
         pipeline.close()
 
 
+def test_a_quiet_spell_moves_the_rules_no_further_than_it_lasted(
+        config: Config, fresh_db_url: str, shifted_clock: ShiftedClock) -> None:
+    """A fleet's upload stamped an hour back (buffered through an outage, say), then a minute
+    of quiet: the devices spoke a minute ago, so none is silent; after 20 quiet minutes all are."""
+    clock = shifted_clock
+    allowance = timedelta(seconds=30)
+    pipeline = make_pipeline(config, fresh_db_url, clock)
+    try:
+        t0 = clock() - HOUR
+        upload = [
+            Inbound(*depth_message(d, k, t0 + k * timedelta(seconds=10)), mid, 1, clock())
+            for mid, (k, d) in enumerate(((k, d) for k in range(30) for d in FLEET), start=1)]
+        pipeline.process(upload)
+        clock.advance(MIN)
+        assert pipeline.tick(allowance)
+        assert pipeline._engine.faulty_devices(pipeline.state) == {}
+        newest = t0 + 29 * timedelta(seconds=10)
+        assert pipeline.state.clock is not None
+        assert pipeline.state.clock <= newest + MIN + timedelta(seconds=1)  # not an hour on
+        clock.advance(20 * MIN)
+        assert pipeline.tick(allowance)
+        assert set(pipeline._engine.faulty_devices(pipeline.state)) == set(FLEET)
+    finally:
+        pipeline.close()
+
+
 def depth_message(device_id: str, seq: int, ts: datetime) -> tuple[str, bytes]:
     cm = 2.0 + seq % 3 / 10  # not stuck
     topic, body = depth(device_id, seq, ts.isoformat(timespec="milliseconds"), cm)
