@@ -115,53 +115,72 @@ class DeviceHealthRule:
                        fault_detail=f"no telemetry for {minutes:g} min")
 
     def observe(self, h: DeviceHealth, ts: datetime, values: Mapping[str, float],
-                peers: Peers) -> tuple[DeviceHealth, bool]:
-        """The device after a reading, and whether the reading may drive hazards."""
+                peers: Peers, heard: datetime | None = None) -> tuple[DeviceHealth, bool]:
+        """The device after a reading, and whether the reading may drive hazards. ``heard``:
+        the engine's clock now (kept when newer than the device's).
+
+        Speed: this runs for every reading, so a calm reading (the common case) builds the new
+        state once; the rarer paths (a fault, a spike, drift) may replace it a few times."""
         p = self.params
-        keys = p.watched.get(h.kind, ())
+        stamp: dict[str, Any] = {}
+        if heard is not None and (h.heard is None or heard > h.heard):
+            stamp["heard"] = heard
         if h.last_ts is not None and ts <= h.last_ts:
-            return h, False  # the engine keeps per-device order; this is belt and braces
+            # The engine keeps per-device order; this is belt and braces.
+            return (replace(h, **stamp) if stamp else h), False
+        keys = p.watched.get(h.kind, ())
         watched = {k: values[k] for k in keys if k in values and math.isfinite(values[k])}
         previous = h.last_ts
-        h = replace(h, last_ts=ts)
+        stamp["last_ts"] = ts
         if h.fault == "silent":
-            h = replace(h, fault=None, fault_since=None, fault_detail="", good_since=None)
-        h = self._battery(h, ts, values)
+            h = replace(h, fault=None, fault_since=None, fault_detail="", good_since=None,
+                        **stamp)
+            stamp = {}
+        h = self._battery(h, ts, values)  # the same state unless the battery changes a fault
+
+        def stamped(x: DeviceHealth) -> DeviceHealth:
+            return replace(x, **stamp) if stamp else x
 
         bad = self._out_of_range(watched)
         if bad is not None:
-            return self._faulty(h, ts, "out_of_range", bad), False
+            return stamped(self._faulty(h, ts, "out_of_range", bad)), False
         spike = self._spike(h, ts, watched)
         if spike is not None:
             spikes = (*(s for s in h.spikes
                         if (ts - s).total_seconds() < p.spike_window_s), ts)
             h = replace(h, spikes=spikes)
             if len(spikes) >= p.spikes_to_fault:
-                return self._faulty(h, ts, "spike", spike), False
-            return replace(h, good_since=None), False
-        h = self._track_same(h, ts, watched, previous)
-        if h.same and any(v != 0 for v in h.same) and h.same_count >= p.stuck_min_readings \
-                and (ts - h.same_since).total_seconds() >= p.stuck_after_s:  # type: ignore[operator]
+                return stamped(self._faulty(h, ts, "spike", spike)), False
+            return replace(h, good_since=None, **stamp), False
+        same = self._same(h, ts, watched, previous)
+        run, since, count = (same.get("same", h.same), same.get("same_since", h.same_since),
+                             same.get("same_count", h.same_count))
+        if run and any(v != 0 for v in run) and count >= p.stuck_min_readings \
+                and since is not None and (ts - since).total_seconds() >= p.stuck_after_s:
             shown = ", ".join(f"{k} {v:g}" for k, v in watched.items())
-            return self._faulty(h, ts, "stuck", f"{shown} unchanged since "
-                                f"{h.same_since.isoformat()}"), False  # type: ignore[union-attr]
-        h = self._drift(h, ts, watched, peers)
+            h = replace(h, **same)
+            return stamped(self._faulty(h, ts, "stuck", f"{shown} unchanged since "
+                                        f"{since.isoformat()}")), False
+        drifted = self._drift(h, ts, watched, peers)
+        if drifted is not h:
+            h = replace(drifted, **same)
+            same = {}
         if h.suspect_since is not None:
             if (ts - h.suspect_since).total_seconds() >= p.drift_confirm_s:
                 h = self._faulty(h, ts, "drift", h.suspect_detail)
-            return h, False
+            return replace(h, **same, **stamp), False
         if h.fault is not None and h.fault not in _STILL_TRUSTED:
             # A good reading from a faulty device: count towards recovery, keep it back till then.
             # A drifted gauge must be shown right (dry weather and a dry reading, or agreement
             # with neighbours): in the rain, with no neighbour, nothing says it is.
             if h.fault == "drift" and not self._vouched(watched, peers):
-                return replace(h, good_since=None), False
+                return replace(h, good_since=None, **same, **stamp), False
             good_since = h.good_since or ts
             if (ts - good_since).total_seconds() < p.recover_after_s:
-                return replace(h, good_since=good_since), False
+                return replace(h, good_since=good_since, **same, **stamp), False
             h = replace(h, fault=None, fault_since=None, fault_detail="", good_since=None,
                         spikes=())
-        return replace(h, values={**h.values, **watched}, accepted_ts=ts), True
+        return replace(h, values={**h.values, **watched}, accepted_ts=ts, **same, **stamp), True
 
     # --- checks -------------------------------------------------------------------------
 
@@ -207,18 +226,19 @@ class DeviceHealthRule:
                         f"(at most {allowed:.1f} is physical)")
         return None
 
-    def _track_same(self, h: DeviceHealth, ts: datetime, watched: Mapping[str, float],
-                    previous: datetime | None) -> DeviceHealth:
+    def _same(self, h: DeviceHealth, ts: datetime, watched: Mapping[str, float],
+              previous: datetime | None) -> dict[str, Any]:
+        """The changes to the run of identical readings (for the stuck check)."""
         now = tuple(watched.values())
         if not now:
-            return h
+            return {}
         # A run is measured over readings heard: the same value on both sides of a gap longer
         # than silence (an outage, or a clock correction moving the device's timeline) proves
         # nothing about the sensor in between.
         gap = previous is not None and (ts - previous).total_seconds() > self.params.silent_after_s
         if now == h.same and not gap:
-            return replace(h, same_count=h.same_count + 1)
-        return replace(h, same=now, same_since=ts, same_count=1)
+            return {"same_count": h.same_count + 1}
+        return {"same": now, "same_since": ts, "same_count": 1}
 
     def _vouched(self, watched: Mapping[str, float], peers: Peers) -> bool:
         p = self.params

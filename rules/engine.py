@@ -427,15 +427,17 @@ class Engine:
         self._learn_site(w, obs)
         h = w.health.get(obs.device_id) or self._health.initial(obs.device_id, obs.kind)
         ok = True
+        heard = max(t for t in (obs.ts, w.clock, w.arrived) if t is not None)
         if self._health.watches(obs.kind):
             new_h, ok = self._health.observe(h, obs.ts, obs.values,
-                                             self.world.peers(w, obs, h.fault == "drift"))
+                                             self.world.peers(w, obs, h.fault == "drift"), heard)
         else:
-            new_h = h if h.last_ts is not None and h.last_ts >= obs.ts else \
-                replace(h, last_ts=obs.ts)
-        heard = max(t for t in (obs.ts, w.clock, w.arrived) if t is not None)
-        if new_h.heard is None or heard > new_h.heard:
-            new_h = replace(new_h, heard=heard)
+            stamp: dict[str, Any] = {}
+            if h.last_ts is None or h.last_ts < obs.ts:
+                stamp["last_ts"] = obs.ts
+            if h.heard is None or heard > h.heard:
+                stamp["heard"] = heard
+            new_h = replace(h, **stamp) if stamp else h
         self._set_health(w, obs.device_id, h, new_h, obs.ts)
         if not ok:
             w.count("held_back")

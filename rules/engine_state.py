@@ -4,7 +4,7 @@ untouched."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from types import MappingProxyType
@@ -73,20 +73,22 @@ class EngineState:
 
 
 class CopyOnWrite(Generic[K, V]):
-    """A mapping copied on its first write, so an untouched section costs nothing."""
+    """A mapping copied on its first write, so an untouched section costs nothing.
 
-    __slots__ = ("_base", "_own")
+    ``get`` is the current dict's own method (rebound on the first write): the rules call it
+    about fifteen times per reading, and a Python-level wrapper cost a tenth of their time."""
+
+    __slots__ = ("_base", "_own", "get")
 
     def __init__(self, base: Mapping[K, V]) -> None:
         self._base = base
         self._own: dict[K, V] | None = None
-
-    def get(self, key: K) -> V | None:
-        return (self._own if self._own is not None else self._base).get(key)
+        self.get: Callable[[K], V | None] = base.get
 
     def __setitem__(self, key: K, value: V) -> None:
         if self._own is None:
             self._own = dict(self._base)
+            self.get = self._own.get
         self._own[key] = value
 
     def items(self) -> Iterable[tuple[K, V]]:

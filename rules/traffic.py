@@ -168,15 +168,17 @@ class TrafficRule(HazardRuleBase):
             )
         )
         hold_until = anchor_hold(state.restored, state.hold_until, obs.ts, p.resume_hold_s)
-        new = replace(state, detectors=detectors, hold_until=hold_until)
         suspect = self._suspect(reading) if ctx.trusted(obs.device_id) else None
-        if suspect is not None:
-            new = replace(new, incident_ts=obs.ts if new.incident_ts is None
-                          else max(new.incident_ts, obs.ts),
-                          incident_level=most_severe(new.incident_level, self._suspect_level),
-                          incident_congested=new.incident_congested
-                          or new.speed_level is not None)
-        return self._assess(zone, new, obs.ts, ctx, state.level, suspect)
+        if suspect is None:  # the common case: one new state per reading, made in _assess
+            return self._assess(zone, state, obs.ts, ctx, state.level, None, detectors,
+                                hold_until)
+        new = replace(state, detectors=detectors, hold_until=hold_until,
+                      incident_ts=obs.ts if state.incident_ts is None
+                      else max(state.incident_ts, obs.ts),
+                      incident_level=most_severe(state.incident_level, self._suspect_level),
+                      incident_congested=state.incident_congested
+                      or state.speed_level is not None)
+        return self._assess(zone, new, obs.ts, ctx, state.level, suspect, detectors, hold_until)
 
     def _suspect(self, d: DetectorReading) -> str | None:
         p = self.params
@@ -199,13 +201,16 @@ class TrafficRule(HazardRuleBase):
 
     def reassess(self, zone: Zone, state: TrafficState, ts: datetime,
                  ctx: RuleContext = NO_CONTEXT) -> tuple[TrafficState, list[AlertChange]]:
-        return self._assess(zone, state, ts, ctx, state.level, None)
+        return self._assess(zone, state, ts, ctx, state.level, None, state.detectors,
+                            state.hold_until)
 
     def _assess(self, zone: Zone, state: TrafficState, ts: datetime, ctx: RuleContext,
-                before: Level | None, suspect: str | None
+                before: Level | None, suspect: str | None,
+                detectors: tuple[DetectorReading, ...], hold_until: datetime | None
                 ) -> tuple[TrafficState, list[AlertChange]]:
+        """The level as of ``ts`` from ``state`` with these detectors and resume hold."""
         p = self.params
-        used = [d for d in state.detectors if ctx.trusted(d.device_id) and ts - d.ts <= self._stale]
+        used = [d for d in detectors if ctx.trusted(d.device_id) and ts - d.ts <= self._stale]
         zone_speed = _mean([d.speed_kmh for d in used if d.speed_kmh is not None])
         zone_occ = _mean([d.occupancy_pct for d in used if d.occupancy_pct is not None])
         scale = self._scale(zone)
@@ -218,7 +223,7 @@ class TrafficRule(HazardRuleBase):
                                 p.hysteresis_kmh, rising=False)
                 if zone_occ is not None and zone_occ < p.min_occupancy_pct:
                     proposed = None  # slow but empty: not a jam
-            proposed = resume_hold(state.speed_level, proposed, ts, state.hold_until)
+            proposed = resume_hold(state.speed_level, proposed, ts, hold_until)
             speed_level, raise_since, lower_since = self._held(state, proposed, ts)
 
         incident_ts, congested = state.incident_ts, state.incident_congested
@@ -232,7 +237,8 @@ class TrafficRule(HazardRuleBase):
         level = most_severe(speed_level, incident_level if incident_ts is not None else None)
         new = replace(state, level=level, speed_level=speed_level, incident_ts=incident_ts,
                       incident_level=incident_level, incident_congested=congested,
-                      raise_since=raise_since, lower_since=lower_since)
+                      raise_since=raise_since, lower_since=lower_since, detectors=detectors,
+                      hold_until=hold_until)
         if level == before:
             return new, []
         shown = "no vehicles" if zone_speed is None else f"{zone_speed:.0f} km/h"

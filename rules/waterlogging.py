@@ -151,16 +151,22 @@ class WaterloggingRule(HazardRuleBase):
         )
         hold_until = anchor_hold(state.restored, state.hold_until, item.ts,
                                  self.params.resume_hold_s)
-        return self.reassess(zone, replace(state, gauges=gauges, hold_until=hold_until),
-                             item.ts, ctx)
+        return self._assess(zone, state, item.ts, ctx, gauges, hold_until)
 
     def reassess(self, zone: Zone, state: WaterloggingState, ts: datetime,
                  ctx: RuleContext = NO_CONTEXT) -> tuple[WaterloggingState, list[AlertChange]]:
         """Recompute the level as of ``ts``: after a reading, a change of a gauge's health, or
         of the rain over the catchment."""
+        return self._assess(zone, state, ts, ctx, state.gauges, state.hold_until)
+
+    def _assess(self, zone: Zone, state: WaterloggingState, ts: datetime, ctx: RuleContext,
+                gauges: tuple[GaugeReading, ...], hold_until: datetime | None
+                ) -> tuple[WaterloggingState, list[AlertChange]]:
+        """``reassess`` of ``state`` with these gauges and resume hold (a reading's: one new
+        state per reading instead of two)."""
         p = self.params
         thresholds = self._thresholds[zone.type]
-        used = [g for g in state.gauges if ctx.trusted(g.device_id) and ts - g.ts <= self._stale]
+        used = [g for g in gauges if ctx.trusted(g.device_id) and ts - g.ts <= self._stale]
         depth = max((g.depth_cm for g in used), default=None)
 
         depth_level, history, forecast = state.depth_level, state.history, False
@@ -168,7 +174,7 @@ class WaterloggingRule(HazardRuleBase):
         rise = 0.0
         if depth is not None:
             proposed = step(state.depth_level, depth, thresholds, p.hysteresis_cm, rising=True)
-            proposed = resume_hold(state.depth_level, proposed, ts, state.hold_until)
+            proposed = resume_hold(state.depth_level, proposed, ts, hold_until)
             depth_level, raise_since = self._held(state, proposed, ts, depth, thresholds)
             # One sample per HISTORY_STEP_S is plenty for a slope over minutes, and bounded.
             if not history or (ts - history[-1][0]).total_seconds() >= HISTORY_STEP_S:
@@ -193,7 +199,7 @@ class WaterloggingRule(HazardRuleBase):
         seen = (None, None) if outlook is None else (outlook.level, outlook.observed)
         new = replace(state, level=level, depth_level=depth_level, forecast=forecast,
                       rain_level=rain_level, history=history, raise_since=raise_since,
-                      rain_seen=seen)
+                      rain_seen=seen, gauges=gauges, hold_until=hold_until)
         if level == state.level:
             return new, []
         title = self._title(zone, level, depth, depth_level, forecast, rise, rain_level,
