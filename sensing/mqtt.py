@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from sensing.limits import ENGINE_MAX_PACKET_BYTES
 from sensing.read_buffer import BufferedSocket
+
+_PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2), packet id
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ class MqttLink:
         self._receive_maximum = receive_maximum
         self._keepalive = keepalive_s
         self._max_packet_bytes = max_packet_bytes
+        self._manual_ack = manual_ack
         self._monitor = tuple(monitor)
         self._on_monitor = on_monitor
         self.connected = threading.Event()
@@ -198,9 +202,28 @@ class MqttLink:
         message we never stored. The old copy is stored all the same; its resent twin is found a
         duplicate and acknowledged."""
         current = self.session
+        run: list[int] = []
         for m in messages:
-            if m.qos > 0 and m.session == current:
-                self._client.ack(m.mid, m.qos)
+            if m.qos == 0 or m.session != current:
+                continue
+            if m.qos == 1:
+                run.append(m.mid)
+                continue
+            self._puback(run)
+            run = []
+            self._client.ack(m.mid, m.qos)
+        self._puback(run)
+
+    def _puback(self, mids: Sequence[int]) -> None:
+        """PUBACK these QoS 1 messages. Many at once go out in one write instead of one wake-up
+        of paho's thread and one send() each: MQTT is a byte stream, the broker reads them one
+        by one (``Client.ack`` for QoS 1 queues exactly one such 4-byte packet)."""
+        queue = getattr(self._client, "_packet_queue", None)
+        if len(mids) > 1 and self._manual_ack and queue is not None:
+            queue(mqtt.PUBACK, b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids), 0, 0)
+            return
+        for mid in mids:
+            self._client.ack(mid, 1)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1,
                 retain: bool = False) -> Delivery:
