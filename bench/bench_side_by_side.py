@@ -162,13 +162,21 @@ class Run:
             f"  ({self.received:,} of {self.messages:,}: LOSS)"
         cpu = "" if self.cpu_s is None else \
             f", {self.cpu_s / max(self.received, 1) * 1e6:,.0f} us CPU/msg in the consumer"
-        return (f"{self.name:<10} {self.rate:>10,.0f} msg/s  ({self.received:,} msgs in "
+        return (f"{self.name:<22} {self.rate:>10,.0f} msg/s  ({self.received:,} msgs in "
                 f"{self.seconds:.2f} s{cpu}){lost}")
 
 
-def _cpu() -> float:
+def _cpu(child: int | None = None) -> float:
+    """This process's CPU seconds, plus a running child's (citywatch's MQTT process)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    total = r.ru_utime + r.ru_stime
+    if child is not None:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 # ---- (a) the floor ----------------------------------------------------------------------------
@@ -274,17 +282,18 @@ def stored_rows(db_url: str) -> int:
 
 
 def run_citywatch(port: int, fleet: Fleet, db_url: str, config: Config, timeout: float,
-                  profile: str | None = None) -> Run:
+                  profile: str | None = None, name: str = "citywatch") -> Run:
     url = f"mqtt://127.0.0.1:{port}"
     before = stored_rows(db_url) if _has_telemetry(db_url) else 0
     with running_service(config, url, db_url) as service:
         counts = service.pipeline.counts
         base = counts.stored
         spy = _start_py_spy(profile) if profile else None
-        cpu0, t0 = _cpu(), time.perf_counter()
+        child = getattr(service._link, "pid", None)  # broker.receiver: process
+        cpu0, t0 = _cpu(child), time.perf_counter()
         pubs = start_publishers(port, fleet)
         got, t1 = wait_for(lambda: counts.stored - base, fleet.total, timeout)
-        cpu = _cpu() - cpu0
+        cpu = _cpu(child) - cpu0
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(60)
@@ -294,7 +303,7 @@ def run_citywatch(port: int, fleet: Fleet, db_url: str, config: Config, timeout:
         faulty = body["faulty_devices"]
         corrected = len(body["clocks"]["corrected"])
     rows = stored_rows(db_url) - before
-    run = Run("citywatch", fleet.total, min(got, rows), t1 - t0, cpu)
+    run = Run(name, fleet.total, min(got, rows), t1 - t0, cpu)
     print(f"  citywatch /api/health counts: stored {health['stored']:,}, duplicates "
           f"{health['duplicates']:,}, rejected {health['rejected']:,}; telemetry rows "
           f"{rows:,} of {fleet.total:,} published")
@@ -337,7 +346,10 @@ def main() -> int:
                     help="run only these (repeatable); ratios need all three")
     ap.add_argument("--profile", help="py-spy the citywatch run into this file "
                     "(.svg flame graph, .txt collapsed stacks, .json speedscope)")
+    ap.add_argument("--receiver", choices=("thread", "process"), action="append",
+                    help="citywatch's broker.receiver (repeatable; default both, in turn)")
     args = ap.parse_args()
+    args.receiver = args.receiver or ["thread", "process"]
     only = set(args.only or ("floor", "naive", "citywatch"))
     config = load_config(REPO / "config.yaml", env={})
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -361,16 +373,23 @@ def main() -> int:
             runs["naive"] = run_naive(port, fleet, db_url, config, args.timeout)
             print(runs["naive"].line(), flush=True)
         if "citywatch" in only:
-            fleet = write_fleet(config, args.per_device, work, seq0=20_000_000)
-            runs["citywatch"] = run_citywatch(port, fleet, db_url, config, args.timeout,
-                                              args.profile)
-            print(runs["citywatch"].line(), flush=True)
+            for i, receiver in enumerate(args.receiver):
+                # broker.receiver: the MQTT session in the engine's process, or in its own.
+                name = "citywatch" if receiver == "thread" else "citywatch+mqtt-process"
+                cfg = config.model_copy(update={"broker": config.broker.model_copy(
+                    update={"receiver": receiver})})
+                fleet = write_fleet(config, args.per_device, work, seq0=20_000_000 * (i + 1))
+                runs[name] = run_citywatch(port, fleet, db_url, cfg, args.timeout,
+                                           args.profile, name)
+                print(runs[name].line(), flush=True)
     print(f"load average after: {load_average()}")
-    cw = runs.get("citywatch")
-    if cw is not None and "floor" in runs:
-        print(f"citywatch / floor: {cw.rate / max(runs['floor'].rate, 1e-9):.2f}")
-    if cw is not None and "naive" in runs:
-        print(f"citywatch / naive: {cw.rate / max(runs['naive'].rate, 1e-9):.1f}x")
+    for name, cw in runs.items():
+        if not name.startswith("citywatch"):
+            continue
+        if "floor" in runs:
+            print(f"{name} / floor: {cw.rate / max(runs['floor'].rate, 1e-9):.2f}")
+        if "naive" in runs:
+            print(f"{name} / naive: {cw.rate / max(runs['naive'].rate, 1e-9):.1f}x")
     lost = [r.name for r in runs.values() if r.received != r.messages]
     if lost:
         print(f"LOSS in: {', '.join(lost)}")

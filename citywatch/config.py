@@ -56,6 +56,10 @@ class BrokerConfig(_Strict):
     keepalive_s: int = Field(default=30, ge=5)
     receive_maximum: int = Field(default=1000, ge=1, le=65535,
                                  description="unacknowledged messages in flight to us")
+    receiver: Literal["thread", "process"] = Field(
+        default="thread", description="where the engine's MQTT session runs: 'thread' (in the "
+        "engine's process) or 'process' (a process of its own, so that reading the broker and "
+        "the rules use both cores; BENCHMARKS.md, 'Both cores')")
 
     @field_validator("url")
     @classmethod
@@ -465,6 +469,8 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         data["database"] = {**(data.get("database") or {}), "url": url}
     if port := env.get("CITYWATCH_HTTP_PORT"):
         data["http"] = {**(data.get("http") or {}), "port": port}
+    if receiver := env.get("CITYWATCH_BROKER_RECEIVER"):  # thread | process (broker.receiver)
+        data["broker"] = {**(data.get("broker") or {}), "receiver": receiver}
     return data
 
 

@@ -201,17 +201,21 @@ class MqttLink:
         once the resent copy is acknowledged. Acknowledging an old copy then could acknowledge a
         message we never stored. The old copy is stored all the same; its resent twin is found a
         duplicate and acknowledged."""
+        self.ack_ids([(m.mid, m.qos, m.session) for m in messages])
+
+    def ack_ids(self, messages: Sequence[tuple[int, int, int]]) -> None:
+        """``ack`` by (packet id, QoS, session) (what crosses a process boundary)."""
         current = self.session
         run: list[int] = []
-        for m in messages:
-            if m.qos == 0 or m.session != current:
+        for mid, qos, session in messages:
+            if qos == 0 or session != current:
                 continue
-            if m.qos == 1:
-                run.append(m.mid)
+            if qos == 1:
+                run.append(mid)
                 continue
             self._puback(run)
             run = []
-            self._client.ack(m.mid, m.qos)
+            self._client.ack(mid, qos)
         self._puback(run)
 
     def _puback(self, mids: Sequence[int]) -> None:

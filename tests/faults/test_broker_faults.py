@@ -94,15 +94,17 @@ def autosave_interval() -> int:
     return int(m.group(1))
 
 
+@pytest.mark.parametrize("receiver", ["thread", "process"])
 def test_broker_sigkill_with_the_engine_live_loses_nothing(
         fault_broker: FaultBroker, fresh_db_url: str, fault_config: Config,
-        engine_factory: Callable[..., EngineProcess]) -> None:
+        engine_factory: Callable[..., EngineProcess], receiver: str) -> None:
     """SIGKILL mid-storm, three times. The engine holds what was delivered to it (and
     acknowledges it only after its commit), so with the engine keeping up nothing acknowledged
     to a device is lost; what the broker restores from its last save comes again and is
     recognised as a duplicate."""
     zones = flood_gauges(fault_config)
-    engine = engine_factory(fault_broker.url, fresh_db_url)
+    engine = engine_factory(fault_broker.url, fresh_db_url,
+                            {"CITYWATCH_BROKER_RECEIVER": receiver})
     saves = fault_broker.saves()
     engine.start()
     # The engine's session must be on disk before the first kill, as it is in steady operation
@@ -119,7 +121,8 @@ def test_broker_sigkill_with_the_engine_live_loses_nothing(
             end = time.monotonic()
         recovery = wait_recovered(fleet, fresh_db_url, fleet.published, end)
         wait_settled(fleet, fresh_db_url)
-        ledger = take_ledger("broker SIGKILL x3, engine live", fleet, fresh_db_url,
+        ledger = take_ledger("broker SIGKILL x3, engine live" + (
+            "" if receiver == "thread" else " (MQTT in its own process)"), fleet, fresh_db_url,
                              recovery_s=recovery, fault_s=max(away))
     finally:
         fleet.close()

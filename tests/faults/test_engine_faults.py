@@ -32,15 +32,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 STEPS = 120  # readings per gauge: the depth rises to 40 cm (red from 25 cm), then falls to 0
 
 
+@pytest.mark.parametrize("receiver", ["thread", "process"])
 def test_engine_sigkill_mid_storm(
         fault_broker: FaultBroker, fresh_db_url: str, fault_config: Config,
-        engine_factory: Callable[..., EngineProcess]) -> None:
+        engine_factory: Callable[..., EngineProcess], receiver: str) -> None:
     """SIGKILL while the storm is a third through: alerts open, orders in flight, batches
     half-written. After the restart every order keeps its deadlines and the worst level of its
     incident, every alert clears once the water is gone, every dispatch goes out."""
     zones = flood_gauges(fault_config)
     assert len(zones) >= 4
-    engine = engine_factory(fault_broker.url, fresh_db_url)
+    # broker.receiver: the MQTT session in the engine's process, or in one of its own (which
+    # must die with the engine and leave the session to the restarted one).
+    engine = engine_factory(fault_broker.url, fresh_db_url,
+                            {"CITYWATCH_BROKER_RECEIVER": receiver})
     engine.start()
     fleet = Fleet(fault_broker.url, storm(sorted(zones.values()), STEPS), rate=150).start()
     try:
@@ -55,7 +59,9 @@ def test_engine_sigkill_mid_storm(
         engine.start()
         recovery = wait_recovered(fleet, fresh_db_url, fleet.published, end)
         wait_settled(fleet, fresh_db_url)
-        ledger = take_ledger("engine SIGKILL mid-storm", fleet, fresh_db_url,
+        ledger = take_ledger("engine SIGKILL mid-storm" + ("" if receiver == "thread" else
+                                                            " (MQTT in its own process)"),
+                             fleet, fresh_db_url,
                              fault_s=end - t0, recovery_s=recovery)
     finally:
         fleet.close()

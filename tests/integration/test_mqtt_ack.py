@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from sensing.mqtt import Inbound, MqttLink
+from sensing.mqtt_process import LinkSettings, ProcessLink
 from tests.fix_broker import connect
 
 pytestmark = pytest.mark.integration
@@ -35,21 +36,27 @@ class Inbox:
             return list(self.items)
 
 
-def session(broker_url: str, client_id: str, topic: str, inbox: Inbox) -> MqttLink:
-    link = MqttLink(broker_url, client_id, [topic], inbox)
+def session(broker_url: str, client_id: str, topic: str, inbox: Inbox,
+            receiver: str = "thread") -> MqttLink | ProcessLink:
+    link: MqttLink | ProcessLink
+    if receiver == "thread":
+        link = MqttLink(broker_url, client_id, [topic], inbox)
+    else:
+        link = ProcessLink(LinkSettings(broker_url, client_id, (topic,)), inbox)
     link.start()
     assert link.connected.wait(10), "the engine's link did not connect"
     return link
 
 
+@pytest.mark.parametrize("receiver", ["thread", "process"])
 @pytest.mark.parametrize("acked", [120, 1, 0])
 def test_acknowledged_messages_are_not_redelivered_and_the_others_are(
-        broker_url: str, acked: int) -> None:
+        broker_url: str, acked: int, receiver: str) -> None:
     total = 120
     topic = f"city/acktest/{uuid.uuid4().hex[:8]}"
     client_id = f"citywatch-ack-{uuid.uuid4().hex[:8]}"
     first = Inbox()
-    link = session(broker_url, client_id, topic, first)
+    link = session(broker_url, client_id, topic, first, receiver)
     publisher = connect(broker_url)
     try:
         for i in range(total):
@@ -64,7 +71,7 @@ def test_acknowledged_messages_are_not_redelivered_and_the_others_are(
         publisher.disconnect()
 
     again = Inbox()
-    link = session(broker_url, client_id, topic, again)
+    link = session(broker_url, client_id, topic, again, receiver)
     try:
         redelivered = again.wait(total - acked, timeout=5)
         if acked == total:

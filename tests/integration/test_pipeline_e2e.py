@@ -34,9 +34,13 @@ REPO = Path(__file__).resolve().parents[2]
 GAUGE, OTHER_GAUGE, ZONE = "wl-01", "wl-02", "up-01"
 
 
-@pytest.fixture(scope="module")
-def config() -> Config:
-    return load_config(REPO / "config.yaml", env={})
+@pytest.fixture(scope="module", params=["thread", "process"])
+def config(request: pytest.FixtureRequest) -> Config:
+    """The shipped configuration, with the engine's MQTT session in its own thread and, again,
+    in a process of its own (``broker.receiver``): the same behaviour either way."""
+    cfg = load_config(REPO / "config.yaml", env={})
+    return cfg.model_copy(update={"broker": cfg.broker.model_copy(
+        update={"receiver": request.param})})
 
 
 class Running:

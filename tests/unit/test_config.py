@@ -99,6 +99,14 @@ def test_a_bad_environment_value_is_reported_like_a_file_value(raw: dict[str, An
         parse_config(raw, env={"CITYWATCH_HTTP_PORT": "x"})
 
 
+def test_the_mqtt_receiver_is_a_thread_unless_asked_and_checked(raw: dict[str, Any]) -> None:
+    assert parse_config(raw, env={}).broker.receiver == "thread"
+    env = {"CITYWATCH_BROKER_RECEIVER": "process"}
+    assert parse_config(raw, env=env).broker.receiver == "process"
+    with pytest.raises(ConfigError, match=r"broker\.receiver: got 'fork'.*'thread' or 'process'"):
+        parse_config(raw, env={"CITYWATCH_BROKER_RECEIVER": "fork"})
+
+
 def test_unreadable_or_malformed_files_say_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml", env={})
