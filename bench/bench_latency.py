@@ -107,12 +107,17 @@ def main() -> int:
     ap.add_argument("--max", type=float, help="the sustained maximum (skips measuring it)")
     ap.add_argument("--per-device", type=int, default=1000,
                     help="messages per monitor when measuring the maximum")
+    ap.add_argument("--receiver", choices=("process", "thread"), default="process",
+                    help="citywatch's broker.receiver (default: the shipped configuration's)")
     args = ap.parse_args()
     rates_arg = [r.strip() for r in args.rates.split(",") if r.strip()]
     base = load_config(REPO / "config.yaml", env={})
+    base = base.model_copy(update={"broker": base.broker.model_copy(
+        update={"receiver": args.receiver})})
     config, ids = with_probes(base, args.probes * len(rates_arg))
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}")
+    print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}; "
+          f"broker.receiver: {args.receiver}")
     from citywatch.embedded import start_broker
 
     with (tempfile.TemporaryDirectory(prefix="bench-lat-") as tmp,

@@ -57,7 +57,7 @@ class BrokerConfig(_Strict):
     receive_maximum: int = Field(default=1000, ge=1, le=65535,
                                  description="unacknowledged messages in flight to us")
     receiver: Literal["thread", "process"] = Field(
-        default="thread", description="where the engine's MQTT session runs: 'thread' (in the "
+        default="process", description="where the engine's MQTT session runs: 'thread' (in the "
         "engine's process) or 'process' (a process of its own, so that reading the broker and "
         "the rules use both cores; BENCHMARKS.md, 'Both cores')")
 

@@ -61,6 +61,7 @@ from sensing.topics import SUBSCRIPTIONS, deadletter_topic
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+CONNECT_WAIT_S = 5.0  # how long start() waits for the first broker connection
 
 
 def build_decoder(cfg: Config, known: dict[str, str] | None = None) -> Decoder:
@@ -269,6 +270,11 @@ class Service:
         self._link.start()
         self._start_jobs()
         self._start_http(zones)
+        # "Running" should mean connected when the broker is there: the MQTT process needs a
+        # moment to start. A broker that is away is not waited for: the link keeps trying.
+        if not self._link.connected.wait(CONNECT_WAIT_S):
+            log.warning("not connected to the broker after %.0f s; still trying",
+                        CONNECT_WAIT_S)
 
     def _make_link(self, cfg: Config) -> MqttLink | ProcessLink:
         """The engine's MQTT session: in this process, or in one of its own

@@ -513,6 +513,7 @@ district: "Gusu District, Suzhou (with the SIP Jinji Lake west CBD)"
 
 broker:
   url: embedded          # citywatch runs its own broker; or mqtt://user:pass@host:1883
+  receiver: process      # the engine's MQTT session in a process of its own (both cores); or thread
 database:
   url: embedded          # citywatch runs its own PostgreSQL; or postgresql://user@host:5432/db
   retention_days: 90     # telemetry, events and rejections older than this are dropped

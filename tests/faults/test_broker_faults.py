@@ -94,7 +94,7 @@ def autosave_interval() -> int:
     return int(m.group(1))
 
 
-@pytest.mark.parametrize("receiver", ["thread", "process"])
+@pytest.mark.parametrize("receiver", ["process", "thread"])
 def test_broker_sigkill_with_the_engine_live_loses_nothing(
         fault_broker: FaultBroker, fresh_db_url: str, fault_config: Config,
         engine_factory: Callable[..., EngineProcess], receiver: str) -> None:
@@ -122,7 +122,7 @@ def test_broker_sigkill_with_the_engine_live_loses_nothing(
         recovery = wait_recovered(fleet, fresh_db_url, fleet.published, end)
         wait_settled(fleet, fresh_db_url)
         ledger = take_ledger("broker SIGKILL x3, engine live" + (
-            "" if receiver == "thread" else " (MQTT in its own process)"), fleet, fresh_db_url,
+            "" if receiver == "process" else " (MQTT in a thread)"), fleet, fresh_db_url,
                              recovery_s=recovery, fault_s=max(away))
     finally:
         fleet.close()

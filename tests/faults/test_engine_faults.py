@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 STEPS = 120  # readings per gauge: the depth rises to 40 cm (red from 25 cm), then falls to 0
 
 
-@pytest.mark.parametrize("receiver", ["thread", "process"])
+@pytest.mark.parametrize("receiver", ["process", "thread"])
 def test_engine_sigkill_mid_storm(
         fault_broker: FaultBroker, fresh_db_url: str, fault_config: Config,
         engine_factory: Callable[..., EngineProcess], receiver: str) -> None:
@@ -59,8 +59,8 @@ def test_engine_sigkill_mid_storm(
         engine.start()
         recovery = wait_recovered(fleet, fresh_db_url, fleet.published, end)
         wait_settled(fleet, fresh_db_url)
-        ledger = take_ledger("engine SIGKILL mid-storm" + ("" if receiver == "thread" else
-                                                            " (MQTT in its own process)"),
+        ledger = take_ledger("engine SIGKILL mid-storm" + ("" if receiver == "process" else
+                                                            " (MQTT in a thread)"),
                              fleet, fresh_db_url,
                              fault_s=end - t0, recovery_s=recovery)
     finally:

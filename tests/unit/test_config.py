@@ -99,10 +99,10 @@ def test_a_bad_environment_value_is_reported_like_a_file_value(raw: dict[str, An
         parse_config(raw, env={"CITYWATCH_HTTP_PORT": "x"})
 
 
-def test_the_mqtt_receiver_is_a_thread_unless_asked_and_checked(raw: dict[str, Any]) -> None:
-    assert parse_config(raw, env={}).broker.receiver == "thread"
-    env = {"CITYWATCH_BROKER_RECEIVER": "process"}
-    assert parse_config(raw, env=env).broker.receiver == "process"
+def test_the_mqtt_receiver_is_a_process_unless_asked_and_checked(raw: dict[str, Any]) -> None:
+    assert parse_config(raw, env={}).broker.receiver == "process"
+    env = {"CITYWATCH_BROKER_RECEIVER": "thread"}
+    assert parse_config(raw, env=env).broker.receiver == "thread"
     with pytest.raises(ConfigError, match=r"broker\.receiver: got 'fork'.*'thread' or 'process'"):
         parse_config(raw, env={"CITYWATCH_BROKER_RECEIVER": "fork"})
 
