@@ -109,15 +109,24 @@ def main() -> int:
                     help="messages per monitor when measuring the maximum")
     ap.add_argument("--receiver", choices=("process", "thread"), default="process",
                     help="citywatch's broker.receiver (default: the shipped configuration's)")
+    ap.add_argument("--batch-max", type=int, help="database.batch_max (default: config.yaml's)")
+    ap.add_argument("--batch-wait-ms", type=int,
+                    help="database.batch_wait_ms (default: config.yaml's)")
     args = ap.parse_args()
     rates_arg = [r.strip() for r in args.rates.split(",") if r.strip()]
     base = load_config(REPO / "config.yaml", env={})
     base = base.model_copy(update={"broker": base.broker.model_copy(
         update={"receiver": args.receiver})})
+    db_settings = {k: v for k, v in (("batch_max", args.batch_max),
+                                      ("batch_wait_ms", args.batch_wait_ms)) if v is not None}
+    if db_settings:
+        base = base.model_copy(update={"database": base.database.model_copy(
+            update=db_settings)})
     config, ids = with_probes(base, args.probes * len(rates_arg))
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}; "
-          f"broker.receiver: {args.receiver}")
+          f"broker.receiver: {args.receiver}; database.batch_max: {base.database.batch_max}, "
+          f"batch_wait_ms: {base.database.batch_wait_ms}")
     from citywatch.embedded import start_broker
 
     with (tempfile.TemporaryDirectory(prefix="bench-lat-") as tmp,

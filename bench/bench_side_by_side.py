@@ -348,13 +348,23 @@ def main() -> int:
                     "(.svg flame graph, .txt collapsed stacks, .json speedscope)")
     ap.add_argument("--receiver", choices=("thread", "process"), action="append",
                     help="citywatch's broker.receiver (repeatable; default both, in turn)")
+    ap.add_argument("--batch-max", type=int, help="database.batch_max (default: config.yaml's)")
+    ap.add_argument("--batch-wait-ms", type=int,
+                    help="database.batch_wait_ms (default: config.yaml's)")
     args = ap.parse_args()
     args.receiver = args.receiver or ["thread", "process"]
     only = set(args.only or ("floor", "naive", "citywatch"))
     config = load_config(REPO / "config.yaml", env={})
+    db_settings = {k: v for k, v in (("batch_max", args.batch_max),
+                                      ("batch_wait_ms", args.batch_wait_ms)) if v is not None}
+    if db_settings:
+        config = config.model_copy(update={"database": config.database.model_copy(
+            update=db_settings)})
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     runs: dict[str, Run] = {}
-    print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}")
+    print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}; "
+          f"database.batch_max {config.database.batch_max}, "
+          f"batch_wait_ms {config.database.batch_wait_ms}")
     with (tempfile.TemporaryDirectory(prefix="bench-sbs-") as tmp,
           scratch_database(server, "citywatch_bench") as db_url,
           start_broker(Path(tmp) / "broker", anonymous=True, prefer="mosquitto",

@@ -72,7 +72,10 @@ class BrokerConfig(_Strict):
 class DatabaseConfig(_Strict):
     url: str = Field(default="embedded", description="a libpq URI, or 'embedded'")
     batch_max: int = Field(default=500, ge=1, description="messages per write transaction")
-    batch_wait_ms: int = Field(default=50, ge=0, description="how long a batch may wait to fill")
+    batch_wait_ms: int = Field(
+        default=0, ge=0, description="how long a batch may wait to fill; 0: a batch is what is "
+        "queued when the worker is free (batches grow with the load by themselves; a reading is "
+        "not held back waiting for others)")
     retention_days: int = Field(default=90, ge=1,
                                 description="telemetry older than this is dropped")
     outbox_keep_days: int = Field(

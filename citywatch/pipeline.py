@@ -124,7 +124,7 @@ class Pipeline:
                  placement: Placement, alert_store: AlertStore,
                  ack: Callable[[Sequence[Inbound]], None],
                  dead_letter: Callable[[Rejection], None], on_committed: Callable[[], None],
-                 metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.05,
+                 metrics: Metrics, batch_max: int = 500, batch_wait_s: float = 0.0,
                  workers: WorkerLocator | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  clock_params: clocks.ClockParams = clocks.DEFAULT_PARAMS,
