@@ -239,7 +239,8 @@ class Pipeline:
                 self._metrics.ticks.labels("skipped").inc()
                 return False
             now = self._clock()
-            state, changes = self._engine.tick(self.state, self.tick_target(now, allowance))
+            state, changes = self._engine.tick(self.state, self.tick_target(now, allowance),
+                                               received=now)
             applied = Applied()
             if changes:
                 try:
@@ -457,7 +458,7 @@ class Pipeline:
                                           clocks.server_time(clock_state, t.device_id, t.ts, now))
             items = [i if i.ts == at else replace(i, ts=at) for i, at in
                      zip(self._placement.place_many(fresh), times, strict=True)]
-            state, changes = self._evaluate(items)
+            state, changes = self._evaluate(items, now)
             applied = self._alerts.apply_changes(cur, changes, now)
             for item in items:
                 category = item.attrs.get("category") if isinstance(item, Detection) else None
@@ -508,13 +509,14 @@ class Pipeline:
             self._metrics.clock_corrected.set(len(self.clocks.corrected()))
         self._metrics.clock_corrections.inc(len([c for c in changes if c.new]))
 
-    def _evaluate(self, placed: Sequence[Observation | Detection]
+    def _evaluate(self, placed: Sequence[Observation | Detection], received: datetime
                   ) -> tuple[EngineState, list[AlertChange]]:
         items = sorted(placed, key=lambda i: i.ts)  # stable: readings before events on ties
         if items and (self._watermark is None or items[-1].ts > self._watermark):
             self._watermark = items[-1].ts
         # One engine call per batch: the engine copies its state once, not once per reading.
-        return self._engine.evaluate_many(self.state, items, now=self._watermark)
+        return self._engine.evaluate_many(self.state, items, now=self._watermark,
+                                          received=received)
 
     def _count(self, decoded: Sequence[tuple[Inbound, object]], outcome: BatchOutcome) -> None:
         m, c, applied = self._metrics, self.counts, outcome.applied

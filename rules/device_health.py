@@ -73,6 +73,7 @@ class DeviceHealth:
     good_since: datetime | None = None  # while faulty: the start of the current run of good ones
     heard: datetime | None = None  # the engine's clock when it last heard the device (a backlog
     # arriving late is heard now, so silence counts from now, not from the backlog's times)
+    received: datetime | None = None  # the server's clock then, when the caller gave it
 
     @property
     def trusted(self) -> bool:
@@ -106,18 +107,28 @@ class DeviceHealthRule:
             return None
         return max(h.last_ts, h.heard or h.last_ts) + self._silent
 
-    def tick(self, h: DeviceHealth, now: datetime) -> DeviceHealth:
+    def tick(self, h: DeviceHealth, now: datetime, received: datetime | None = None
+             ) -> DeviceHealth:
+        """Silence by ``now`` (event time). ``received``, the server's clock if known: a device
+        the server heard less than ``silent_after_s`` ago is not silent, whatever the event
+        timeline did meanwhile (a clock an hour slow alone in the first batch, then the fleet's
+        true time); it is looked at again when it could be."""
         due = self.deadline(h)
         if due is None or now < due:
             return h
+        if received is not None and h.received is not None:
+            quiet = received - h.received
+            if quiet < self._silent:
+                return replace(h, heard=now - quiet)  # due again in silent_after_s - quiet
         minutes = self.params.silent_after_s / 60
         return replace(h, fault="silent", fault_since=due, good_since=None,
                        fault_detail=f"no telemetry for {minutes:g} min")
 
     def observe(self, h: DeviceHealth, ts: datetime, values: Mapping[str, float],
-                peers: Peers, heard: datetime | None = None) -> tuple[DeviceHealth, bool]:
+                peers: Peers, heard: datetime | None = None, received: datetime | None = None
+                ) -> tuple[DeviceHealth, bool]:
         """The device after a reading, and whether the reading may drive hazards. ``heard``:
-        the engine's clock now (kept when newer than the device's).
+        the engine's clock now, ``received`` the server's (each kept when newer).
 
         Speed: this runs for every reading, so a calm reading (the common case) builds the new
         state once; the rarer paths (a fault, a spike, drift) may replace it a few times."""
@@ -125,6 +136,8 @@ class DeviceHealthRule:
         stamp: dict[str, Any] = {}
         if heard is not None and (h.heard is None or heard > h.heard):
             stamp["heard"] = heard
+        if received is not None and (h.received is None or received > h.received):
+            stamp["received"] = received
         if h.last_ts is not None and ts <= h.last_ts:
             # The engine keeps per-device order; this is belt and braces.
             return (replace(h, **stamp) if stamp else h), False

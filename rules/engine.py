@@ -115,21 +115,27 @@ class Engine:
         return self.evaluate_many(state, (item,))
 
     def evaluate_many(self, state: EngineState, items: Iterable[Item],
-                      now: datetime | None = None) -> tuple[EngineState, list[AlertChange]]:
-        """Feed many items, then ``tick`` to ``now`` if given: one copy of the state for all."""
+                      now: datetime | None = None, received: datetime | None = None
+                      ) -> tuple[EngineState, list[AlertChange]]:
+        """Feed many items, then ``tick`` to ``now`` if given: one copy of the state for all.
+        ``received``: the server's clock when they arrived, if the caller knows it (silence is
+        then also judged on it: ``DeviceHealthRule.tick``)."""
         w = Work(state)
         batch = list(items)
         w.arrived = max((i.ts for i in batch), default=None)
+        w.received = received
         for item in batch:
             self._event_time.submit(w, item)
         if now is not None:
             self._event_time.tick(w, now)
         return w.freeze(), w.changes
 
-    def tick(self, state: EngineState, now: datetime) -> tuple[EngineState, list[AlertChange]]:
+    def tick(self, state: EngineState, now: datetime, received: datetime | None = None
+             ) -> tuple[EngineState, list[AlertChange]]:
         """Release held readings up to ``now`` less the reorder window, and run the timeouts
-        (clearing, silence) that are due by then."""
+        (clearing, silence) that are due by then. ``received``: the server's clock, if known."""
         w = Work(state)
+        w.received = received
         self._event_time.tick(w, now)
         return w.freeze(), w.changes
 
@@ -278,7 +284,7 @@ class Engine:
     def _fire_device(self, w: Work, device_id: str, at: datetime) -> None:
         old = w.health.get(device_id)
         if old is not None:
-            self._set_health(w, device_id, old, self._health.tick(old, at), at)
+            self._set_health(w, device_id, old, self._health.tick(old, at, w.received), at)
 
     # --- device health --------------------------------------------------------------------
 
@@ -430,13 +436,16 @@ class Engine:
         heard = max(t for t in (obs.ts, w.clock, w.arrived) if t is not None)
         if self._health.watches(obs.kind):
             new_h, ok = self._health.observe(h, obs.ts, obs.values,
-                                             self.world.peers(w, obs, h.fault == "drift"), heard)
+                                             self.world.peers(w, obs, h.fault == "drift"), heard,
+                                             w.received)
         else:
             stamp: dict[str, Any] = {}
             if h.last_ts is None or h.last_ts < obs.ts:
                 stamp["last_ts"] = obs.ts
             if h.heard is None or heard > h.heard:
                 stamp["heard"] = heard
+            if w.received is not None and (h.received is None or w.received > h.received):
+                stamp["received"] = w.received
             new_h = replace(h, **stamp) if stamp else h
         self._set_health(w, obs.device_id, h, new_h, obs.ts)
         if not ok:

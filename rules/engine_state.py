@@ -125,6 +125,7 @@ class Work:
         # no earlier than that (a device whose clock is still being judged may stamp its readings
         # an hour back; silence must not count from there).
         self.arrived: datetime | None = None
+        self.received: datetime | None = None  # the server's clock for this call, if known
         self.heap: list[tuple[datetime, int, tuple[str, str]]] | None = None  # rules.timeouts
 
     @property

@@ -222,3 +222,39 @@ def test_a_device_stamping_an_hour_back_is_heard_with_its_batch() -> None:
     state, more = engine.evaluate_many(state, [obs(1 / 6, "w1", {"water_depth_cm": 0.0})])
     assert engine.faulty_devices(state) == {}
     assert kinds(changes + more, DEVICE_FAULT) == []
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_a_slow_device_alone_in_its_batch_is_silent_only_after_real_silence(told: bool) -> None:
+    """w3's clock is an hour slow and its reading comes alone (the first batch), then w1's in
+    true time: on the event timeline w3 last spoke an hour ago. Told the server's clock, the
+    engine knows w3 was heard a moment ago: not silent, until 15 real minutes pass without it.
+    Not told (a replay), the event timeline is all it has."""
+    engine = Engine(PARAMS, ZONES, SITES)
+    server = T0 + timedelta(seconds=2)
+
+    def received(at: datetime) -> dict[str, datetime]:
+        return {"received": at} if told else {}
+
+    state, changes = engine.evaluate_many(
+        EngineState(), [obs(-60, "w3", {"water_depth_cm": 2.0})], **received(server))
+    state, more = engine.evaluate_many(
+        state, [obs(0, "w1", {"water_depth_cm": 0.0})], **received(server + timedelta(seconds=1)))
+    changes += more
+    if not told:
+        assert faults(engine, state) == {"w3": "silent"}
+        return
+    assert faults(engine, state) == {}
+    state, more = engine.evaluate_many(
+        state, [obs(10, "w1", {"water_depth_cm": 0.0})], **received(server + timedelta(minutes=10)))
+    changes += more
+    assert faults(engine, state) == {}
+    state, more = engine.evaluate_many(
+        state, [obs(16, "w1", {"water_depth_cm": 0.0})], **received(server + timedelta(minutes=16)))
+    changes += more
+    assert faults(engine, state) == {"w3": "silent"}
+    assert [level for _, level in kinds(changes, DEVICE_FAULT)][-1] is not None
+
+
+def faults(engine: Engine, state: EngineState) -> dict[str, str | None]:
+    return {d: h.fault for d, h in engine.faulty_devices(state).items()}
