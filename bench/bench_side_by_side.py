@@ -9,9 +9,13 @@ rain and traffic), one ``mosquitto_pub -l`` per device, all started at once. Eac
 from starting the publishers until the consumer has the last message:
 
 - floor: into one ``mosquitto_sub`` (QoS 1) that only writes them out;
+- paho-only: citywatch's own MQTT link (``sensing.mqtt.MqttLink``: paho, its read buffer) that
+  only counts: the ceiling of any consumer built on paho here;
 - naive: a paho subscriber as a newcomer would write it: ``json.loads``, shapely ``contains``
   against every zone in a loop, a threshold check, one INSERT (autocommit) per row;
-- citywatch: ``citywatch.service.Service``, what ``citywatch serve`` runs: validation, storage,
+- citywatch: ``citywatch.service.Service``, what ``citywatch serve`` runs, once with each
+  ``broker.receiver`` (the MQTT session in a thread, and in a process of its own): validation,
+  storage,
   device clocks, every rule, device health, alerts, the outbox and the HTTP API. Counted by the
   pipeline's stored count (what ``GET /api/health`` shows), then checked against the rows in
   the database: zero loss means stored rows == messages published.
@@ -22,7 +26,7 @@ different speeds, drift apart (10 s apart, as the simulator sends, a replay of h
 devices by more than the clock tolerance and the silence timeout). The price: the rules' windows
 per device hold more readings than live. Values vary a little (no device looks stuck);
 they stay below the blue lines, as almost all real traffic does, so no alert is raised.
-Prints msg/s for each, the ratios citywatch/floor and citywatch/naive, and the load average.
+Prints msg/s for each, the ratios to the floor, paho-only and naive, and the load average.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from citywatch.config import Config, load_config
 from citywatch.embedded import start_broker
 from citywatch.service import Endpoints, Service
 from geo.load import load_zones
-from sensing.mqtt import no_delay
+from sensing.mqtt import Inbound, MqttLink, no_delay
 from sensing.scratch import scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,6 +262,35 @@ def run_naive(port: int, fleet: Fleet, db_url: str, config: Config, timeout: flo
     return Run("naive", fleet.total, min(received, stored[0] if stored else 0), t1 - t0, cpu)
 
 
+def run_paho_only(port: int, fleet: Fleet, timeout: float) -> Run:
+    """citywatch's own MQTT link (paho with its read buffer, Nagle off, MQTT 5, persistent
+    session) with nothing behind it: each message counted and acknowledged at once. The most
+    a Python consumer built on paho could take here, whatever it does with the messages."""
+    got = 0
+    lock = threading.Lock()
+
+    def on_message(_m: Inbound) -> None:
+        nonlocal got
+        with lock:
+            got += 1
+
+    link = MqttLink(f"mqtt://127.0.0.1:{port}", f"paho-only-{secrets.token_hex(4)}",
+                    ["city/+/+/telemetry"], on_message, manual_ack=False)
+    link.start()
+    if not link.connected.wait(10):
+        raise SystemExit("paho-only consumer did not connect")
+    time.sleep(0.5)  # its SUBACK
+    try:
+        cpu0, t0 = _cpu(), time.perf_counter()
+        pubs = start_publishers(port, fleet)
+        received, t1 = wait_for(lambda: got, fleet.total, timeout)
+        cpu = _cpu() - cpu0
+        wait_all(pubs, 10)
+    finally:
+        link.stop()
+    return Run("paho-only", fleet.total, received, t1 - t0, cpu)
+
+
 # ---- (c) citywatch ----------------------------------------------------------------------------
 
 
@@ -342,7 +375,7 @@ def main() -> int:
     ap.add_argument("--naive-per-device", type=int, default=250,
                     help="messages per ground monitor for the naive consumer (it is slow)")
     ap.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
-    ap.add_argument("--only", choices=("floor", "naive", "citywatch"), action="append",
+    ap.add_argument("--only", choices=("floor", "paho", "naive", "citywatch"), action="append",
                     help="run only these (repeatable); ratios need all three")
     ap.add_argument("--profile", help="py-spy the citywatch run into this file "
                     "(.svg flame graph, .txt collapsed stacks, .json speedscope)")
@@ -353,7 +386,7 @@ def main() -> int:
                     help="database.batch_wait_ms (default: config.yaml's)")
     args = ap.parse_args()
     args.receiver = args.receiver or ["thread", "process"]
-    only = set(args.only or ("floor", "naive", "citywatch"))
+    only = set(args.only or ("floor", "paho", "naive", "citywatch"))
     config = load_config(REPO / "config.yaml", env={})
     db_settings = {k: v for k, v in (("batch_max", args.batch_max),
                                       ("batch_wait_ms", args.batch_wait_ms)) if v is not None}
@@ -378,6 +411,10 @@ def main() -> int:
             runs["floor"] = run_floor(port, write_fleet(config, args.per_device, work), work,
                                       args.timeout)
             print(runs["floor"].line(), flush=True)
+        if "paho" in only:
+            fleet = write_fleet(config, args.per_device, work, seq0=5_000_000)
+            runs["paho-only"] = run_paho_only(port, fleet, args.timeout)
+            print(runs["paho-only"].line(), flush=True)
         if "naive" in only:
             fleet = write_fleet(config, args.naive_per_device, work, seq0=10_000_000)
             runs["naive"] = run_naive(port, fleet, db_url, config, args.timeout)
@@ -393,11 +430,15 @@ def main() -> int:
                                            args.profile, name)
                 print(runs[name].line(), flush=True)
     print(f"load average after: {load_average()}")
+    if "paho-only" in runs and "floor" in runs:
+        print(f"paho-only / floor: {runs['paho-only'].rate / max(runs['floor'].rate, 1e-9):.2f}")
     for name, cw in runs.items():
         if not name.startswith("citywatch"):
             continue
         if "floor" in runs:
             print(f"{name} / floor: {cw.rate / max(runs['floor'].rate, 1e-9):.2f}")
+        if "paho-only" in runs:
+            print(f"{name} / paho-only: {cw.rate / max(runs['paho-only'].rate, 1e-9):.2f}")
         if "naive" in runs:
             print(f"{name} / naive: {cw.rate / max(runs['naive'].rate, 1e-9):.1f}x")
     lost = [r.name for r in runs.values() if r.received != r.messages]

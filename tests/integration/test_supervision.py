@@ -130,12 +130,12 @@ def test_a_message_that_trips_a_bug_is_dead_lettered_and_its_neighbours_are_stor
             rules = run.service._engine
             real = rules.evaluate_many
 
-            def faulty(state: Any, items: Any, now: Any = None) -> Any:
+            def faulty(state: Any, items: Any, now: Any = None, **kw: Any) -> Any:
                 items = list(items)
                 if any(isinstance(i, Observation) and i.values.get("water_depth_cm") == 66.6
                        for i in items):
                     raise ZeroDivisionError("injected fault for depth 66.6")
-                return real(state, items, now)
+                return real(state, items, now, **kw)
 
             monkeypatch.setattr(rules, "evaluate_many", faulty)
             gate = Gate(run, monkeypatch)
