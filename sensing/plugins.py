@@ -30,17 +30,18 @@ import importlib
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from rules import registry
 from rules.hazard import Hazard
-from sensing.decode import BUILTIN_KINDS, KindSpec
+from sensing.decode import BUILTIN_KINDS, KindSpec, Text
 from sensing.topics import is_kind
 
 log = logging.getLogger(__name__)
+OTHER_CATEGORY = "other"  # a grid report about no hazard: kept in the event store, no alert
 
 ENTRY_POINT_GROUP = "citywatch.devices"
 HAZARD_ENTRY_POINT_GROUP = "citywatch.hazards"
@@ -195,6 +196,25 @@ def load_plugins(config: PluginSettings, *, use_entry_points: bool = True) -> di
     return discover(config.plugins, use_entry_points=use_entry_points)
 
 
+def with_report_categories(kinds: Mapping[str, KindSpec], categories: Iterable[str]
+                           ) -> Mapping[str, KindSpec]:
+    """``kinds`` with the grid terminal's ``report`` accepting every reportable hazard's
+    category (the hazard registry's, plug-ins' included) and ``other``: a hazard module, not the
+    decoder, says whether grid workers can report it."""
+    grid = kinds.get("grid")
+    report = None if grid is None else grid.events.get("report")
+    field = None if report is None else report.required.get("category")
+    if grid is None or report is None or not isinstance(field, Text) or field.choices is None:
+        return kinds
+    choices = frozenset(categories) | {OTHER_CATEGORY}
+    if choices == field.choices:
+        return kinds
+    report = replace(report, required={**report.required,
+                                       "category": replace(field, choices=choices)})
+    return MappingProxyType({**kinds, "grid": replace(grid, events={**grid.events,
+                                                                    "report": report})})
+
+
 def kinds_of(plugins: Mapping[str, Plugin]) -> Mapping[str, KindSpec]:
     """The built-in kinds plus the plug-ins', for :class:`sensing.decode.Decoder`."""
     return MappingProxyType({**BUILTIN_KINDS, **{k: p.spec for k, p in plugins.items()}})
@@ -207,7 +227,8 @@ def load_kinds(config: PluginSettings, *, use_entry_points: bool = True,
     ``device_kinds`` (the registry's kinds) are checked: a device of a kind nobody registered
     would have every message dead-lettered as ``unknown_kind``, so that is logged at start.
     """
-    kinds = kinds_of(load_plugins(config, use_entry_points=use_entry_points))
+    plugins = load_plugins(config, use_entry_points=use_entry_points)
+    kinds = with_report_categories(kinds_of(plugins), registry.report_categories())
     for kind in sorted(set(device_kinds) - set(kinds)):
         log.warning("devices of kind %r are registered but no plug-in provides that kind: "
                     "their messages will be rejected (unknown_kind)", kind)

@@ -4,6 +4,7 @@ while and gone again afterwards."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -211,3 +212,32 @@ def test_the_example_gauge_is_the_readme_s() -> None:
     from tests.unit.test_sim_plugins import readme_example
 
     assert readme_example() in (WIND_DIR / "wind_gauge.py").read_text(encoding="utf-8")
+
+
+def test_a_reportable_plug_in_is_a_grid_report_category_while_registered(
+        cfg: Config, wind: Hazard) -> None:
+    """The decoder takes a grid report's categories from the registry: a reportable plug-in's
+    is accepted while it is registered, refused before and after; 'other' always passes."""
+    from sensing.decode import Decoder
+    from sensing.models import Event, Rejection
+    from sensing.plugins import load_kinds
+
+    def report(category: str, seq: int) -> bytes:
+        return json.dumps({"ts": "2026-07-15T08:00:00Z", "seq": seq, "event_id": f"gw-{seq}",
+                           "type": "report", "category": category, "loc": [120.6652, 31.3158],
+                           "text": "sign swinging"}).encode()
+
+    def decode(category: str) -> object:
+        decoder = Decoder({"grid-01": "grid"}, load_kinds(cfg, use_entry_points=False))
+        return decoder.decode("city/grid/grid-01/event", report(category, 1), T0)
+
+    assert isinstance(decode("other"), Event)
+    assert isinstance(decode("wind_at_height"), Rejection)  # registered, but sensed only
+    reportable = Hazard(**{**{f: getattr(wind, f) for f in wind.__dataclass_fields__},
+                           "name": "gale_report", "report_category": True,
+                           "extra_alerts": ()})
+    with registry.registered(reportable):
+        got = decode("gale_report")
+        assert isinstance(got, Event) and got.body["category"] == "gale_report"
+        assert isinstance(decode("tsunami"), Rejection)
+    assert isinstance(decode("gale_report"), Rejection)
