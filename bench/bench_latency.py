@@ -42,6 +42,7 @@ from bench.bench_side_by_side import (
     load_average,
     run_citywatch,
     running_service,
+    with_settings,
     write_fleet,
 )
 from bench.latency_load import PROBE_ZONE
@@ -115,13 +116,8 @@ def main() -> int:
     args = ap.parse_args()
     rates_arg = [r.strip() for r in args.rates.split(",") if r.strip()]
     base = load_config(REPO / "config.yaml", env={})
-    base = base.model_copy(update={"broker": base.broker.model_copy(
-        update={"receiver": args.receiver})})
-    db_settings = {k: v for k, v in (("batch_max", args.batch_max),
-                                      ("batch_wait_ms", args.batch_wait_ms)) if v is not None}
-    if db_settings:
-        base = base.model_copy(update={"database": base.database.model_copy(
-            update=db_settings)})
+    base = with_settings(base, receiver=args.receiver, batch_max=args.batch_max,
+                         batch_wait_ms=args.batch_wait_ms)
     config, ids = with_probes(base, args.probes * len(rates_arg))
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}; "

@@ -294,6 +294,20 @@ def run_paho_only(port: int, fleet: Fleet, timeout: float) -> Run:
 # ---- (c) citywatch ----------------------------------------------------------------------------
 
 
+def with_settings(config: Config, *, receiver: str | None = None, batch_max: int | None = None,
+                  batch_wait_ms: int | None = None) -> Config:
+    """``config`` with the benches' knobs (``broker.receiver``, ``database.batch_max`` and
+    ``batch_wait_ms``) set where given."""
+    if receiver is not None:
+        config = config.model_copy(update={"broker": config.broker.model_copy(
+            update={"receiver": receiver})})
+    db = {k: v for k, v in (("batch_max", batch_max), ("batch_wait_ms", batch_wait_ms))
+          if v is not None}
+    if db:
+        config = config.model_copy(update={"database": config.database.model_copy(update=db)})
+    return config
+
+
 @contextmanager
 def running_service(config: Config, broker_url: str, db_url: str) -> Iterator[Service]:
     service = Service(config, Endpoints(broker_url, db_url), http_port=0,
@@ -388,11 +402,7 @@ def main() -> int:
     args.receiver = args.receiver or ["thread", "process"]
     only = set(args.only or ("floor", "paho", "naive", "citywatch"))
     config = load_config(REPO / "config.yaml", env={})
-    db_settings = {k: v for k, v in (("batch_max", args.batch_max),
-                                      ("batch_wait_ms", args.batch_wait_ms)) if v is not None}
-    if db_settings:
-        config = config.model_copy(update={"database": config.database.model_copy(
-            update=db_settings)})
+    config = with_settings(config, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms)
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     runs: dict[str, Run] = {}
     print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}; "
@@ -423,8 +433,7 @@ def main() -> int:
             for i, receiver in enumerate(args.receiver):
                 # broker.receiver: the MQTT session in the engine's process, or in its own.
                 name = "citywatch" if receiver == "thread" else "citywatch+mqtt-process"
-                cfg = config.model_copy(update={"broker": config.broker.model_copy(
-                    update={"receiver": receiver})})
+                cfg = with_settings(config, receiver=receiver)
                 fleet = write_fleet(config, args.per_device, work, seq0=20_000_000 * (i + 1))
                 runs[name] = run_citywatch(port, fleet, db_url, cfg, args.timeout,
                                            args.profile, name)

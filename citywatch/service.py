@@ -53,7 +53,7 @@ from sensing import store as sensing_store
 from sensing.decode import Decoder
 from sensing.models import Rejection
 from sensing.mqtt import MqttLink
-from sensing.mqtt_process import LinkSettings, ProcessLink
+from sensing.mqtt_process import LinkSettings, ProcessLink, make_link
 from sensing.plugins import load_kinds
 from sensing.times import iso_utc
 from sensing.topics import SUBSCRIPTIONS, deadletter_topic
@@ -279,23 +279,14 @@ class Service:
     def _make_link(self, cfg: Config) -> MqttLink | ProcessLink:
         """The engine's MQTT session: in this process, or in one of its own
         (``broker.receiver``)."""
-        ca_file = None if cfg.ca_path is None else str(cfg.ca_path)
-        if cfg.broker.receiver == "process":
-            settings = LinkSettings(
-                self.endpoints.broker_url, self._client_id, tuple(SUBSCRIPTIONS),
-                protocol=self.endpoints.broker_protocol,
-                session_expiry_s=cfg.broker.session_expiry_s,
-                receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s,
-                monitor=tuple(SYS_TOPICS), ca_file=ca_file)
-            return ProcessLink(settings, self._on_message, on_monitor=self.broker_stats.update,
-                               on_session=self._on_session)
-        return MqttLink(
-            self.endpoints.broker_url, self._client_id, SUBSCRIPTIONS, self._on_message,
-            protocol=self.endpoints.broker_protocol,
-            session_expiry_s=cfg.broker.session_expiry_s,
+        settings = LinkSettings(
+            self.endpoints.broker_url, self._client_id, tuple(SUBSCRIPTIONS),
+            protocol=self.endpoints.broker_protocol, session_expiry_s=cfg.broker.session_expiry_s,
             receive_maximum=cfg.broker.receive_maximum, keepalive_s=cfg.broker.keepalive_s,
-            monitor=tuple(SYS_TOPICS), on_monitor=self.broker_stats.update, ca_file=ca_file,
-            on_session=self._on_session)
+            monitor=tuple(SYS_TOPICS), ca_file=None if cfg.ca_path is None else str(cfg.ca_path))
+        make = ProcessLink if cfg.broker.receiver == "process" else make_link
+        return make(settings, self._on_message, on_monitor=self.broker_stats.update,
+                    on_session=self._on_session)
 
     def _access_changed(self, conn: psycopg.Connection[Any], kinds: Mapping[str, str]) -> None:
         """A device was added, changed or retired: the embedded broker's files follow."""

@@ -63,6 +63,18 @@ class LinkSettings:
     ca_file: str | None = None
 
 
+def make_link(settings: LinkSettings, on_message: Callable[[Inbound], None], *,
+              on_monitor: Callable[[str, bytes], None] | None = None,
+              on_session: Callable[[int, bool], None] | None = None) -> MqttLink:
+    """The ``MqttLink`` these settings describe (in this process)."""
+    return MqttLink(
+        settings.url, settings.client_id, settings.subscriptions, on_message,
+        protocol=settings.protocol, session_expiry_s=settings.session_expiry_s,
+        receive_maximum=settings.receive_maximum, keepalive_s=settings.keepalive_s,
+        max_packet_bytes=settings.max_packet_bytes, monitor=settings.monitor,
+        on_monitor=on_monitor, ca_file=settings.ca_file, on_session=on_session)
+
+
 class RemoteDelivery:
     """A publish made by the child: ``is_published`` / ``wait_for_publish`` as ``Delivery``."""
 
@@ -293,12 +305,8 @@ class Child:
         self.waiting: dict[int, Delivery] = {}
         self.waiting_lock = threading.Lock()
         self.has_waiting = threading.Event()
-        self.link = MqttLink(
-            settings.url, settings.client_id, settings.subscriptions, self.on_message,
-            protocol=settings.protocol, session_expiry_s=settings.session_expiry_s,
-            receive_maximum=settings.receive_maximum, keepalive_s=settings.keepalive_s,
-            max_packet_bytes=settings.max_packet_bytes, monitor=settings.monitor,
-            on_monitor=self.on_monitor, ca_file=settings.ca_file, on_session=self.on_session)
+        self.link = make_link(settings, self.on_message, on_monitor=self.on_monitor,
+                              on_session=self.on_session)
 
     def on_message(self, m: Inbound) -> None:
         item = ("m", m.topic, m.payload, m.mid, m.qos, m.received.timestamp(), m.session)
