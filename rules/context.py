@@ -43,11 +43,6 @@ class World:
         # Registered rain gauges in cells of about a kilometre, and those near a place (fixed).
         self._rain_cells: dict[tuple[int, int], list[DeviceSite]] = {}
         self._rain_near: dict[tuple[Position, float], tuple[str, ...]] = {}
-        # Per zone: the gauges its last outlook was made of, and the outlook. Gauge states are
-        # immutable (a reading makes a new one), so the same objects give the same outlook; the
-        # memo holds them, so their identities cannot be reused meanwhile.
-        self._outlooks: dict[str, tuple[tuple[rainmod.RainGauge, ...],
-                                        rainmod.Outlook | None]] = {}
         self.forget_fleet()
 
     def forget_fleet(self) -> None:
@@ -58,7 +53,6 @@ class World:
             if site.kind == "rain" and site.position is not None:
                 self._rain_cells.setdefault(_cell(site.position), []).append(site)
         self._rain_near = {}
-        self._outlooks = {}
 
     def rain_gauges_near(self, w: Work, position: Position, radius_m: float
                          ) -> list[rainmod.RainGauge]:
@@ -191,14 +185,7 @@ class World:
             if now is not None and now - g.last_ts > FRESH:
                 continue
             gauges.append(g)
-        gauges.sort(key=lambda g: g.device_id)
-        memo = self._outlooks.get(zone_id)
-        if memo is not None and len(memo[0]) == len(gauges) and \
-                all(a is b for a, b in zip(memo[0], gauges, strict=True)):
-            return memo[1]
-        found = rainmod.outlook(gauges, rp)
-        self._outlooks[zone_id] = (tuple(gauges), found)
-        return found
+        return rainmod.outlook(sorted(gauges, key=lambda g: g.device_id), rp)
 
 
 class Context:
