@@ -248,6 +248,8 @@ class ProcessLink:
                     d.settle(item[2])
             elif kind == "monitor" and self._on_monitor is not None:
                 self._on_monitor(item[1], item[2])
+            elif kind == "log":
+                logging.getLogger(item[2]).log(item[1], "%s (MQTT process)", item[3])
 
     def _child_died(self) -> None:
         self.connected.clear()
@@ -282,12 +284,29 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+class _ToEngine(logging.Handler):
+    """The child's log records, sent to the engine, which logs them where it logs its own (its
+    console, ``--log-file``): an operator reads one log."""
+
+    def __init__(self, tell: Callable[[tuple[Any, ...]], None]) -> None:
+        super().__init__()
+        self._tell = tell
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._tell(("log", record.levelno, record.name, self.format(record)))
+        except Exception:  # logging must not raise
+            self.handleError(record)
+
+
 def child_main(settings: LinkSettings, data: Connection, control: Connection) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine stops us (Ctrl-C reaches both)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s[mqtt-process]: %(message)s")
-    Child(settings, data, control).run()
+    child = Child(settings, data, control)
+    root = logging.getLogger()
+    root.handlers[:] = [_ToEngine(child.tell)]
+    root.setLevel(logging.INFO)
+    child.run()
 
 
 class Child:

@@ -4,6 +4,7 @@ MQTT process is replaced with nothing lost or counted twice, and it never outliv
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -55,9 +56,11 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_killed_mqtt_process_is_replaced_and_nothing_is_lost_or_counted_twice(
-        service: Service, broker_url: str, fresh_db_url: str) -> None:
+        service: Service, broker_url: str, fresh_db_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     link = service._link
     assert isinstance(link, ProcessLink)
+    caplog.set_level(logging.INFO, logger="sensing.mqtt")
     first = link.pid
     assert first is not None and _alive(first)
     per_gauge = 150
@@ -103,6 +106,9 @@ def test_a_killed_mqtt_process_is_replaced_and_nothing_is_lost_or_counted_twice(
     assert link.pid != first and link.pid is not None and _alive(link.pid)
     assert link.connected.wait(10)
     assert service.health()["status"] != "failing"
+    # The new MQTT process's own log reaches the engine's log.
+    assert any(r.name == "sensing.mqtt" and "connected to broker" in r.getMessage()
+               and "(MQTT process)" in r.getMessage() for r in caplog.records)
 
 
 CHILD = """
