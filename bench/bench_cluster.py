@@ -33,22 +33,12 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.procstat import cpu_seconds
 from citywatch.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "cluster" / "natscluster.py"
 PG = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children so far (from /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            parts = f.read().rsplit(") ", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(parts[i]) for i in (11, 12)) / ticks
 
 
 def postgres_pids() -> list[int]:

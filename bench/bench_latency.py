@@ -32,23 +32,21 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from bench.bench_side_by_side import (
     ground_devices,
     load_average,
     run_citywatch,
     running_service,
+    tuned_stack,
     with_settings,
     write_fleet,
 )
 from bench.latency_load import PROBE_ZONE
 from citywatch.config import Config, Device, load_config
 from geo.load import load_zones
-from sensing.scratch import scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,20 +117,14 @@ def main() -> int:
     base = with_settings(base, receiver=args.receiver, batch_max=args.batch_max,
                          batch_wait_ms=args.batch_wait_ms)
     config, ids = with_probes(base, args.probes * len(rates_arg))
-    server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}; "
           f"broker.receiver: {args.receiver}; database.batch_max: {base.database.batch_max}, "
           f"batch_wait_ms: {base.database.batch_wait_ms}")
-    from citywatch.embedded import start_broker
-
-    with (tempfile.TemporaryDirectory(prefix="bench-lat-") as tmp,
-          scratch_database(server, "citywatch_bench") as db_url,
-          start_broker(Path(tmp) / "broker", anonymous=True, prefer="mosquitto",
-                       fallback=False) as broker):
-        port = urlsplit(broker.url).port or 1883
+    with tuned_stack("bench-lat-") as stack:
+        db_url, port = stack.db_url, stack.port
         top = args.max
         if top is None and "half" in rates_arg:
-            fleet = write_fleet(base, args.per_device, Path(tmp), seq0=50_000_000)
+            fleet = write_fleet(base, args.per_device, stack.work, seq0=50_000_000)
             top = run_citywatch(port, fleet, db_url, base, 300).rate
             print(f"sustained maximum (42 mosquitto_pub -l into citywatch): {top:,.0f} msg/s")
         for n, r in enumerate(rates_arg):

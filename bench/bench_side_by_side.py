@@ -57,6 +57,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from shapely.geometry import Point
 
+from bench.procstat import cpu_seconds
 from citywatch.config import Config, load_config
 from citywatch.embedded import start_broker
 from citywatch.service import Endpoints, Service
@@ -174,13 +175,7 @@ def _cpu(child: int | None = None) -> float:
     """This process's CPU seconds, plus a running child's (citywatch's MQTT process)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     total = r.ru_utime + r.ru_stime
-    if child is not None:
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+    return total + (cpu_seconds(child) if child is not None else 0.0)
 
 
 # ---- (a) the floor ----------------------------------------------------------------------------
@@ -308,6 +303,26 @@ def with_settings(config: Config, *, receiver: str | None = None, batch_max: int
     return config
 
 
+@dataclass(frozen=True)
+class Stack:
+    work: Path  # scratch files
+    db_url: str  # a scratch database
+    port: int  # the tuned Mosquitto's
+    broker_kind: str
+
+
+@contextmanager
+def tuned_stack(prefix: str) -> Iterator[Stack]:
+    """What the hot-path benches run against: our tuned Mosquitto (anonymous, loopback) and a
+    scratch database on ``CITYWATCH_TEST_PG`` (default the local server), gone afterwards."""
+    server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    with (tempfile.TemporaryDirectory(prefix=prefix) as tmp,
+          scratch_database(server, "citywatch_bench") as db_url,
+          start_broker(Path(tmp) / "broker", anonymous=True, prefer="mosquitto",
+                       fallback=False) as broker):
+        yield Stack(Path(tmp), db_url, urlsplit(broker.url).port or 1883, broker.kind)
+
+
 @contextmanager
 def running_service(config: Config, broker_url: str, db_url: str) -> Iterator[Service]:
     service = Service(config, Endpoints(broker_url, db_url), http_port=0,
@@ -403,19 +418,14 @@ def main() -> int:
     only = set(args.only or ("floor", "paho", "naive", "citywatch"))
     config = load_config(REPO / "config.yaml", env={})
     config = with_settings(config, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms)
-    server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     runs: dict[str, Run] = {}
     print(f"machine: {os.cpu_count()} cores; load average before: {load_average()}; "
           f"database.batch_max {config.database.batch_max}, "
           f"batch_wait_ms {config.database.batch_wait_ms}")
-    with (tempfile.TemporaryDirectory(prefix="bench-sbs-") as tmp,
-          scratch_database(server, "citywatch_bench") as db_url,
-          start_broker(Path(tmp) / "broker", anonymous=True, prefer="mosquitto",
-                       fallback=False) as broker):
-        work = Path(tmp)
-        port = urlsplit(broker.url).port or 1883
+    with tuned_stack("bench-sbs-") as stack:
+        work, db_url, port = stack.work, stack.db_url, stack.port
         n_dev = len(ground_devices(config))
-        print(f"broker: {broker.kind} with citywatch/mosquitto.conf on port {port}; "
+        print(f"broker: {stack.broker_kind} with citywatch/mosquitto.conf on port {port}; "
               f"{n_dev} mosquitto_pub -l at QoS 1")
         if "floor" in only:
             runs["floor"] = run_floor(port, write_fleet(config, args.per_device, work), work,
