@@ -156,6 +156,7 @@ class MqttLink:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
         self._client.on_socket_open = self._socket_open
 
     @staticmethod
@@ -244,8 +245,23 @@ class MqttLink:
         if self._on_session is not None:
             self._on_session(self.session, bool(flags.session_present))
         # Subscribing again is harmless with a persistent session and needed after it expired.
+        # ``connected`` waits for the SUBACK: before it, what a device publishes is not ours yet
+        # (a first session's subscription does not exist; the broker would route nothing to us).
         if self._subs or self._monitor:
             client.subscribe([(t, 1) for t in self._subs] + [(t, 0) for t in self._monitor])
+            return
+        self._ready()
+
+    def _handle_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
+                          reasons: list[ReasonCode], _props: Properties | None) -> None:
+        topics = list(self._subs) + list(self._monitor)
+        for topic, reason in zip(topics, reasons, strict=False):
+            if reason.is_failure:
+                log.error("broker %s:%s refused the subscription to %s: %s", self.address.host,
+                          self.address.port, topic, reason)
+        self._ready()
+
+    def _ready(self) -> None:
         self.connected.set()
         log.info("connected to broker %s:%s", self.address.host, self.address.port)
 
