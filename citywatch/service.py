@@ -36,6 +36,7 @@ from citywatch import broker_access, clocks, liveness
 from citywatch.broker_stats import SYS_TOPICS, BrokerStats
 from citywatch.clocks import ClockParams
 from citywatch.config import Config
+from citywatch.db_pool import open_pool
 from citywatch.device_admin import LiveRegistry, Runtime, merge
 from citywatch.ingest_queue import IngestQueue
 from citywatch.metrics import Metrics
@@ -400,12 +401,8 @@ class Service:
 
     def _start_http(self, zones: list[Any]) -> None:
         http = self.config.http
-        # Every request checks its login in the database: a connection the server dropped
-        # (a restart) is replaced when it is taken, not discovered by a request's 503.
-        self._pool = ConnectionPool(self.endpoints.database_url, min_size=1,
-                                    max_size=http.pool_size, open=True,
-                                    kwargs={"autocommit": True},
-                                    check=ConnectionPool.check_connection)
+        # Every request checks its login in the database.
+        self._pool = open_pool(self.endpoints.database_url, http.pool_size)
         deps = ApiDeps(pool=self._pool, zones=zones, list_devices=_device_features,
                        health=self.health, registry=self.metrics.registry,
                        clock=self._clock, static_dir=STATIC_DIR,

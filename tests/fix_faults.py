@@ -383,7 +383,8 @@ class TcpProxy:
     """Forwards 127.0.0.1:``port`` to the broker; ``cut()`` stops all traffic both ways (as a
     broken link does: nothing arrives, nothing is refused, closes are not seen either), ``hold_up``
     stops only what the engine sends (its PUBACKs never reach the broker), ``restore()`` resumes.
-    New connections during a cut wait, as a SYN to an unreachable host does."""
+    New connections during a cut wait, as a SYN to an unreachable host does; ``refuse()`` closes
+    new connections at once (a server that is down), ``restore()`` ends that too."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -393,6 +394,7 @@ class TcpProxy:
         self._down = threading.Event()  # broker -> engine flows
         self._up.set()
         self._down.set()
+        self._refusing = threading.Event()
         self._closing = threading.Event()
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -410,7 +412,11 @@ class TcpProxy:
     def hold_up(self) -> None:
         self._up.clear()
 
+    def refuse(self) -> None:
+        self._refusing.set()
+
     def restore(self) -> None:
+        self._refusing.clear()
         self._up.set()
         self._down.set()
 
@@ -432,6 +438,9 @@ class TcpProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        if self._refusing.is_set():
+            client.close()
+            return
         while not (self._up.is_set() and self._down.is_set()):
             if self._closing.wait(0.05):
                 client.close()
