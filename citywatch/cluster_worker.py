@@ -60,7 +60,7 @@ from nats.js.kv import KeyValue
 from alerts import appeal_store, users
 from alerts import store as alert_store
 from alerts.dispatch import OutboxPublisher
-from citywatch import clocks
+from citywatch import clocks, cluster_fence
 from citywatch.clocks import ClockParams
 from citywatch.cluster_nats import (
     LEASE_TTL_S,
@@ -163,6 +163,7 @@ class ClusterWorker:
                 sensing_store.migrate(conn, retention_days=self.cfg.database.retention_days)
                 alert_store.migrate(conn)
                 appeal_store.migrate(conn)
+                cluster_fence.migrate(conn)
                 users.migrate(conn)
                 sensing_store.upsert_devices(conn, [
                     sensing_store.DeviceSpec(d.id, d.kind, d.position,
@@ -250,7 +251,7 @@ class ClusterWorker:
                                        max(0.1, min(RENEW_S + 2 * KV_TIMEOUT_S, left)))
                 self.last_renewed = started
             except Exception as exc:
-                log.warning("lease round failed (%s)", exc)
+                log.warning("lease round failed (%s)", str(exc) or type(exc).__name__)
             if time.monotonic() - self.last_renewed > FENCE_S and (self.owned or
                                                                    self.singleton_rev):
                 log.error("leases not renewed for %.1f s: stopping every partition before "
@@ -264,6 +265,9 @@ class ClusterWorker:
         kv = self.kv
         assert kv is not None
         for p, o in list(self.owned.items()):
+            if o.pipeline.fenced:  # another worker took it (we were paused past the lease)
+                await self.release(p, delete=False)
+                continue
             try:
                 o.revision = await kv.update(part_key(p), self.me.encode(), last=o.revision)
             except KeyWrongLastSequenceError:
@@ -349,6 +353,9 @@ class ClusterWorker:
         rain_p = self.cfg.rules.waterlogging.rain
         hours = max((s.hours for s in rain_p.signals.values()), default=0.0)
         with psycopg.connect(self.db) as conn:
+            # First the epoch (it waits for a batch of the previous owner under way), then the
+            # state that batch left.
+            epoch = cluster_fence.claim(conn, p, self.me)
             levels = {k: v for k, v in alert_store.open_levels(conn).items()
                       if k[0] in zone_ids}
             offsets = sensing_store.load_clock_offsets(conn)
@@ -366,7 +373,8 @@ class ClusterWorker:
             batch_wait_s=self.cfg.database.batch_wait_ms / 1000, workers=self.locator,
             clock_params=ClockParams(timedelta(seconds=self.cfg.clocks.skew_tolerance_s),
                                      timedelta(seconds=self.cfg.clocks.skew_confirm_s)),
-            ingest_queue=IngestQueue.for_receive_maximum(MAX_ACK_PENDING))
+            ingest_queue=IngestQueue.for_receive_maximum(MAX_ACK_PENDING),
+            fence=cluster_fence.EpochFence(p, epoch))
         pipeline.clocks = clocks.restore(offsets)
         owned = Owned(p, revision, pipeline, build_decoder(self.cfg))
         owned_box.append(owned)
@@ -446,8 +454,11 @@ class ClusterWorker:
             items = sorted(self.placement.place_many(readings), key=lambda i: i.ts)
             # run_local's evaluate is typed for detections (appeals); the engine takes readings
             # as well, through the same evaluate_many.
-            owned.pipeline.run_local(
-                lambda _cur, evaluate: evaluate(items) if evaluate else None)  # type: ignore[arg-type]
+            try:
+                owned.pipeline.run_local(
+                    lambda _cur, evaluate: evaluate(items) if evaluate else None)  # type: ignore[arg-type]
+            except cluster_fence.Fenced:
+                return  # not ours any more: the new owner evaluates them
         self.ack_msgs(msgs)
 
     def ack(self, owned: Owned, batch: Sequence[Inbound]) -> None:

@@ -29,6 +29,7 @@ import psycopg
 
 from alerts.store import AckRefused, AlertStore, Applied
 from citywatch import clocks
+from citywatch.cluster_fence import Fenced
 from citywatch.ingest_queue import IngestQueue
 from citywatch.metrics import Metrics
 from citywatch.placement import Placement
@@ -128,8 +129,13 @@ class Pipeline:
                  workers: WorkerLocator | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  clock_params: clocks.ClockParams = clocks.DEFAULT_PARAMS,
-                 ingest_queue: IngestQueue | None = None) -> None:
+                 ingest_queue: IngestQueue | None = None,
+                 fence: Callable[[psycopg.Cursor[Any]], None] | None = None) -> None:
         self._conninfo = conninfo
+        # Run first in every transaction; raises Fenced when another owner took over (a
+        # cluster partition, citywatch.cluster_fence). Once fenced, the pipeline stops.
+        self._fence = fence
+        self.fenced = False
         self._decoder = decoder
         self._engine = engine
         self.state = state
@@ -200,7 +206,10 @@ class Pipeline:
                     self.idle.set()
                     continue
                 self.idle.clear()
-                if self._process_until_stored(self._held, stop):
+                stored = self._process_until_stored(self._held, stop)
+                if self.fenced:
+                    return  # unacknowledged: the new owner gets the batch again
+                if stored:
                     # unfinished_tasks counts queued and in-flight messages (see caught_up)
                     self._queue.task_done(len(self._held))
                     self._held, self._held_since = [], None
@@ -246,7 +255,10 @@ class Pipeline:
                 try:
                     conn = self._connection()
                     with conn.transaction(), conn.cursor() as cur:
+                        self._check_fence(cur)
                         applied = self._alerts.apply_changes(cur, changes, now)
+                except Fenced:
+                    return False
                 except psycopg.Error as exc:
                     self._metrics.ticks.labels("failed").inc()
                     self._metrics.db_errors.inc()
@@ -311,6 +323,7 @@ class Pipeline:
             conn = self._connection()
             try:
                 with conn.transaction(), conn.cursor() as cur:
+                    self._check_fence(cur)
                     result = work(cur, evaluate)
             except psycopg.OperationalError:
                 self.close()
@@ -324,6 +337,17 @@ class Pipeline:
             if applied.changed:
                 self._on_committed()
             return result
+
+    def _check_fence(self, cur: psycopg.Cursor[Any]) -> None:
+        if self._fence is None:
+            return
+        try:
+            self._fence(cur)
+        except Fenced as exc:
+            if not self.fenced:
+                log.error("%s; this pipeline stops without committing", exc)
+            self.fenced = True
+            raise
 
     def _take_batch(self) -> list[Inbound]:
         try:
@@ -354,6 +378,8 @@ class Pipeline:
             try:
                 self.process(batch)
                 return True
+            except Fenced:
+                return False
             except psycopg.OperationalError as exc:
                 self._metrics.db_errors.inc()
                 log.warning("database unavailable (%s); %d messages held, retrying in %.1fs",
@@ -376,7 +402,7 @@ class Pipeline:
         conn = self._connection()
         try:
             outcome = self._store_and_evaluate(conn, decoded, now)
-        except psycopg.OperationalError:
+        except (psycopg.OperationalError, Fenced):
             raise
         except Exception as exc:
             # Validation let through something the database refuses, or a message trips a bug
@@ -432,6 +458,7 @@ class Pipeline:
             elif isinstance(d, Rejection):
                 rejected.append(d)
         with conn.transaction(), conn.cursor() as cur:
+            self._check_fence(cur)
             result = store.write_batch(conn, telemetry, events)
             for s in statuses:
                 store.mark_presence(conn, s.device_id, s.state == "online", now)

@@ -104,6 +104,52 @@ def test_worker_sigkill_mid_storm(nats_cluster: NatsCluster, fresh_db_url: str,
         assert conn.execute("SELECT count(*) FROM alerts WHERE cleared IS NULL").fetchone() == (0,)
 
 
+def test_worker_paused_past_its_lease_mid_storm(nats_cluster: NatsCluster, fresh_db_url: str,
+                                                fault_config: Config, tmp_path: Path) -> None:
+    """SIGSTOP one worker for longer than its lease, then SIGCONT: its partitions move to the
+    other worker meanwhile; when it wakes, whatever it had under way must not commit (the epoch
+    fence, citywatch.cluster_fence) and nothing is stored or raised twice."""
+    zones = flood_gauges(fault_config)
+    workers = start_workers(nats_cluster, fresh_db_url, tmp_path, 2)
+    fleet = ClusterFleet(nats_cluster, storm(sorted(zones.values()), STEPS), rate=RATE).start()
+    try:
+        wait_for("a third of the storm stored",
+                 lambda: stored_total(fresh_db_url) >= len(fleet.readings) // 3, timeout=90,
+                 interval=0.05)
+        before = owners(nats_cluster)
+        sleeper = workers[0]
+        theirs = sorted(p for p, w in before.items() if w == sleeper.id and p != "singleton")
+        t0 = time.monotonic()
+        sleeper.pause()
+        try:
+            moved = wait_for(
+                f"{sleeper.id}'s partitions {theirs} owned by the waking worker",
+                lambda: (all(owners(nats_cluster).get(p) == workers[1].id for p in theirs)
+                         and time.monotonic() - t0), timeout=60, interval=0.2)
+        finally:
+            sleeper.resume()
+        recovery = wait_recovered(fleet, fresh_db_url, fleet.published, t0)
+        wait_settled(fleet, fresh_db_url)
+        ledger = take_ledger("cluster: worker paused (SIGSTOP) past its lease mid-storm", fleet,
+                             fresh_db_url, fault_s=moved, recovery_s=recovery,
+                             note=f"partitions {theirs} moved to {workers[1].id} in "
+                                  f"{moved:.1f} s while {sleeper.id} slept")
+    finally:
+        fleet.close()
+        for w in workers:
+            w.stop()
+    if ledger.lost or ledger.duplicated or ledger.outbox_unsent:
+        for w in workers:
+            print(w.tail(60))
+    print_alerts(fresh_db_url)
+    ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
+    with psycopg.connect(fresh_db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM alerts WHERE cleared IS NULL").fetchone() == (0,)
+        # Every claim took a new epoch: the sleeper's partitions are at least at their second.
+        epochs = dict(conn.execute("SELECT partition, epoch FROM cw_partition_epochs").fetchall())
+    assert all(epochs[p] >= 2 for p in theirs), epochs
+
+
 def test_broker_node_sigkill_mid_storm(nats_cluster: NatsCluster, fresh_db_url: str,
                                        fault_config: Config, tmp_path: Path) -> None:
     zones = flood_gauges(fault_config)
