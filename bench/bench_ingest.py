@@ -8,6 +8,10 @@ configured size, against a scratch database on the PostgreSQL named by ``CITYWAT
 (default the local server), and prints the ingest thread's CPU and wall time per message, and
 the same for the pure part (decode and ``Engine.evaluate_many``, no database) measured in the
 same run. ``--profile F`` writes a cProfile of the pipeline run (``python -m pstats F``).
+``--fence`` runs the pipeline also with a cluster partition's epoch check in every
+transaction (``citywatch.cluster_fence``), each on a fresh database, in turn, and prints the
+ratio; ``--batch N`` sets the batch size (a cluster partition's batches are what one fetch
+brought, often smaller).
 
 Why: the side-by-side bench says the engine is bound by its one ingest thread; this isolates
 that thread's cost from the broker and the publishers, so a lever shows in microseconds.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import math
 import os
 import sys
 import tempfile
@@ -28,6 +33,7 @@ import psycopg
 
 from alerts import store as alert_store
 from bench.bench_side_by_side import write_fleet
+from citywatch import cluster_fence
 from citywatch.config import load_config
 from citywatch.metrics import Metrics
 from citywatch.pipeline import Pipeline
@@ -53,10 +59,13 @@ def main() -> int:
     ap.add_argument("--per-device", type=int, default=1000)
     ap.add_argument("--profile", help="write a cProfile of the pipeline run here")
     ap.add_argument("--repeat", type=int, default=5, help="runs of the pure part (best kept)")
+    ap.add_argument("--fence", action="store_true",
+                    help="also run with a partition's epoch fence, and print the ratio")
+    ap.add_argument("--batch", type=int, help="batch size (default: database.batch_max)")
     a = ap.parse_args()
     config = load_config(REPO / "config.yaml", env={})
     server = os.environ.get("CITYWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    batch_size = config.database.batch_max
+    batch_size = a.batch or config.database.batch_max
     zones = load_zones(config.zones_path)
     placement = build_placement(config, zones)
     with tempfile.TemporaryDirectory() as work:
@@ -90,35 +99,51 @@ def main() -> int:
     print(f"pure (best of {a.repeat}): decode {best[0]:.1f} us/msg, placement {best[1]:.1f}, "
           f"rules {best[2]:.1f}; all {sum(best):.1f} us CPU/msg")
 
-    with scratch_database(server, "citywatch_bench") as db_url:
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            sensing_store.migrate(conn)
-            alert_store.migrate(conn)
-        engine = build_engine(config, zones, placement)
-        alerts, workers = build_alert_store(config, zones)
-        pipeline = Pipeline(conninfo=db_url, decoder=build_decoder(config), engine=engine,
-                            state=engine.restore({}), placement=placement, alert_store=alerts,
-                            ack=lambda _mids: None, dead_letter=lambda _r: None,
-                            on_committed=lambda: None, metrics=Metrics(), workers=workers)
-        prof = cProfile.Profile() if a.profile else None
-        try:
-            c0, t0 = time.process_time(), time.perf_counter()
-            if prof:
-                prof.enable()
-            for b in batches:
-                pipeline.process(b)
-            if prof:
-                prof.disable()
-            c1, t1 = time.process_time(), time.perf_counter()
-        finally:
-            pipeline.close()
-        stored = pipeline.counts.stored
-        print(f"pipeline: {(c1 - c0) / n * 1e6:.1f} us CPU/msg, {(t1 - t0) / n * 1e6:.1f} us "
-              f"wall/msg ({n / (t1 - t0):,.0f} msg/s on one thread); stored {stored:,} of {n:,}")
-        if prof and a.profile:
-            prof.dump_stats(a.profile)
-            print(f"profile: python -m pstats {a.profile}")
-    return 0 if stored == n else 1
+    walls: dict[bool, float] = {}
+    # With --fence: plain and fenced in turn, three times each, the best of each kept (the
+    # first run of a process also warms its caches, which would favour whichever came second).
+    for fenced in (False, True) * 3 if a.fence else (False,):
+        with scratch_database(server, "citywatch_bench") as db_url:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                sensing_store.migrate(conn)
+                alert_store.migrate(conn)
+                cluster_fence.migrate(conn)
+                epoch = cluster_fence.claim(conn, "bench", "bench")
+            engine = build_engine(config, zones, placement)
+            alerts, workers = build_alert_store(config, zones)
+            pipeline = Pipeline(conninfo=db_url, decoder=build_decoder(config), engine=engine,
+                                state=engine.restore({}), placement=placement,
+                                alert_store=alerts, ack=lambda _mids: None,
+                                dead_letter=lambda _r: None, on_committed=lambda: None,
+                                metrics=Metrics(), workers=workers,
+                                fence=cluster_fence.EpochFence("bench", epoch) if fenced
+                                else None)
+            prof = cProfile.Profile() if a.profile and not fenced else None
+            try:
+                c0, t0 = time.process_time(), time.perf_counter()
+                if prof:
+                    prof.enable()
+                for b in batches:
+                    pipeline.process(b)
+                if prof:
+                    prof.disable()
+                c1, t1 = time.process_time(), time.perf_counter()
+            finally:
+                pipeline.close()
+            stored = pipeline.counts.stored
+            walls[fenced] = min(walls.get(fenced, math.inf), t1 - t0)
+            print(f"pipeline{' (fenced)' if fenced else ''}: {(c1 - c0) / n * 1e6:.1f} us CPU/msg, "
+                  f"{(t1 - t0) / n * 1e6:.1f} us wall/msg ({n / (t1 - t0):,.0f} msg/s on one "
+                  f"thread); stored {stored:,} of {n:,}")
+            if prof and a.profile:
+                prof.dump_stats(a.profile)
+                print(f"profile: python -m pstats {a.profile}")
+            if stored != n:
+                return 1
+    if a.fence:
+        print(f"fenced / plain wall time, best of 3 each: {walls[True] / walls[False]:.3f} "
+              f"({len(batches):,} batches of up to {batch_size})")
+    return 0
 
 
 if __name__ == "__main__":
