@@ -19,7 +19,10 @@ From there (docs/SCALE.md says why each step is so):
    ``cw_leases`` (TTL ``LEASE_TTL_S``, renewed every ``RENEW_S`` with compare-and-set). Workers
    heartbeat there too; each aims at ceil(partitions / live workers), releasing extras and
    claiming free ones. A worker that cannot renew in time stops its pipelines before its lease
-   can expire (self-fencing), so a zone's state is live in one worker at a time.
+   can expire (self-fencing), so a zone's state is live in one worker at a time. Behind that
+   fence by time is one by token: a claim takes the partition's next epoch in PostgreSQL and
+   every transaction of its pipeline checks it (``citywatch.cluster_fence``), so a worker that
+   was paused past its lease cannot commit once it wakes.
 3. **Evaluate.** An owned partition runs the single-machine ``Pipeline`` with an ``Engine`` that
    knows only that partition's zones and home devices, its state restored from PostgreSQL (the
    open alerts' levels, the devices' clock offsets) before its first message. The pipeline
