@@ -81,6 +81,10 @@ class DatabaseConfig(_Strict):
     outbox_keep_days: int = Field(
         default=7, ge=1, description="a published outbox row (dispatch, zone state) is deleted "
         "this many days after it was sent; an unsent one is never deleted")
+    start_wait_s: float = Field(
+        default=300, ge=0, description="at start, how long to wait for a database that cannot "
+        "be reached (refused, timed out: after a power cut it may come back later than we do); "
+        "a refusal by the server itself (password, unknown database) fails at once")
 
     @field_validator("url")
     @classmethod

@@ -161,6 +161,31 @@ class Endpoints:
     broker_dir: Path | None = None
 
 
+# A server's answers that waiting will not change (libpq and PostgreSQL's English messages;
+# psycopg gives no SQLSTATE for a failed connection). Any other failure is waited out.
+_FINAL_ANSWERS = ("password authentication failed", "does not exist", "pg_hba.conf")
+
+
+def connect_at_start(url: str, wait_s: float) -> psycopg.Connection[Any]:
+    """The first connection, waiting up to ``wait_s`` for a server that cannot be reached yet
+    (refused, timed out, starting up, in recovery), with a line of progress at each try. A
+    wrong password or an unknown database or role fails at once."""
+    started = time.monotonic()
+    delay = 1.0
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            waited = time.monotonic() - started
+            if any(a in str(exc) for a in _FINAL_ANSWERS) or waited + delay > wait_s:
+                raise
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            log.warning("database %s unreachable (%s); waited %.0f s of %.0f, trying again in "
+                        "%.0f s", _redact(url), reason, waited, wait_s, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -214,7 +239,8 @@ class Service:
     def start(self) -> None:
         zones = load_zones(self.config.zones_path)
         db = self.endpoints.database_url
-        with psycopg.connect(self.endpoints.database_owner_url or db, autocommit=True) as conn:
+        with connect_at_start(self.endpoints.database_owner_url or db,
+                              self.config.database.start_wait_s) as conn:
             # The registry is the configuration's devices with the API's changes on top.
             device_registry.migrate(conn)
             credentials.migrate(conn)
