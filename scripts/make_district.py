@@ -519,6 +519,7 @@ database:
   retention_days: 90     # telemetry, events and rejections older than this are dropped
   outbox_keep_days: 7    # a published dispatch or zone state is deleted 7 days after it was sent;
                          #   one not yet sent is never deleted
+  start_wait_s: 300      # at start, wait this long for a database that cannot be reached yet
 http:
   host: 127.0.0.1
   port: 8080
