@@ -56,32 +56,48 @@ def storm_for(zones: dict[str, str], fault_s: float) -> list:  # type: ignore[ty
     return storm(sorted(zones.values()), steps)
 
 
-def test_postgres_stopped_mid_storm(
-        fault_db: FaultDatabase, scratch_db: str, fault_broker: FaultBroker,
-        fault_config: Config, engine_factory: Callable[..., EngineProcess]) -> None:
-    zones = flood_gauges(fault_config)
-    engine = engine_factory(fault_broker.url, scratch_db)
+def database_outage(scratch_db: str, broker: FaultBroker, config: Config,
+                    engine_factory: Callable[..., EngineProcess], *, case: str, fault_s: float,
+                    strike: Callable[[], None], restore: Callable[[], None],
+                    while_down: Callable[[EngineProcess], None] = lambda _e: None) -> None:
+    """An engine mid-storm; ``strike`` takes the database away for ``fault_s`` (``while_down``
+    checks what the engine says meanwhile), ``restore`` brings it back. The engine must stay
+    up, catch up and end with a clean ledger and a health that says the database is back."""
+    zones = flood_gauges(config)
+    engine = engine_factory(broker.url, scratch_db)
     engine.start()
-    fleet = Fleet(fault_broker.url, storm_for(zones, STOP_S), rate=RATE).start()
+    fleet = Fleet(broker.url, storm_for(zones, fault_s), rate=RATE).start()
     try:
         wait_for("the stream to flow", lambda: len(stored_counts(scratch_db)) >= 60, 60)
         t0 = time.monotonic()
-        fault_db.stop()
-        # The service keeps running and says the database is down (after its own timeout).
-        wait_for("health to report the database down",
-                 lambda: not engine.health(timeout=10)["database"]["connected"], timeout=30)
-        time.sleep(max(0.0, STOP_S - (time.monotonic() - t0)))  # the outage's length
-        assert engine.alive, engine.tail()
-        fault_db.start()
+        strike()
+        try:
+            while_down(engine)
+            time.sleep(max(0.0, fault_s - (time.monotonic() - t0)))  # the outage's length
+            assert engine.alive, engine.tail()
+        finally:
+            restore()
         end = time.monotonic()
         recovery = wait_recovered(fleet, scratch_db, fleet.published, end)
         wait_settled(fleet, scratch_db)
-        ledger = take_ledger(f"PostgreSQL stopped {STOP_S:g} s mid-storm", fleet, scratch_db,
-                             fault_s=end - t0, recovery_s=recovery)
+        ledger = take_ledger(case, fleet, scratch_db, fault_s=end - t0, recovery_s=recovery)
     finally:
         fleet.close()
     ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
     assert engine.health()["database"]["connected"]
+
+
+def test_postgres_stopped_mid_storm(
+        fault_db: FaultDatabase, scratch_db: str, fault_broker: FaultBroker,
+        fault_config: Config, engine_factory: Callable[..., EngineProcess]) -> None:
+    def says_down(engine: EngineProcess) -> None:
+        # The service keeps running and says the database is down (after its own timeout).
+        wait_for("health to report the database down",
+                 lambda: not engine.health(timeout=10)["database"]["connected"], timeout=30)
+
+    database_outage(scratch_db, fault_broker, fault_config, engine_factory,
+                    case=f"PostgreSQL stopped {STOP_S:g} s mid-storm", fault_s=STOP_S,
+                    strike=fault_db.stop, restore=fault_db.start, while_down=says_down)
 
 
 def test_postgres_killed_mid_storm(
@@ -90,53 +106,18 @@ def test_postgres_killed_mid_storm(
     """No clean shutdown: transactions under way die with the server. What a commit confirmed
     (and only that) was acknowledged to the broker, so after crash recovery nothing is missing
     and nothing the engine had in flight is stored twice."""
-    zones = flood_gauges(fault_config)
-    engine = engine_factory(fault_broker.url, scratch_db)
-    engine.start()
-    fleet = Fleet(fault_broker.url, storm_for(zones, CRASH_S), rate=RATE).start()
-    try:
-        wait_for("the stream to flow", lambda: len(stored_counts(scratch_db)) >= 60, 60)
-        t0 = time.monotonic()
-        fault_db.crash()
-        time.sleep(CRASH_S)
-        assert engine.alive, engine.tail()
-        fault_db.start()  # crash recovery
-        end = time.monotonic()
-        recovery = wait_recovered(fleet, scratch_db, fleet.published, end)
-        wait_settled(fleet, scratch_db)
-        ledger = take_ledger(f"PostgreSQL killed (SIGKILL) mid-storm, down {CRASH_S:g} s",
-                             fleet, scratch_db, fault_s=end - t0, recovery_s=recovery)
-    finally:
-        fleet.close()
-    ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
-    assert engine.health()["database"]["connected"]
+    database_outage(scratch_db, fault_broker, fault_config, engine_factory,
+                    case=f"PostgreSQL killed (SIGKILL) mid-storm, down {CRASH_S:g} s",
+                    fault_s=CRASH_S, strike=fault_db.crash,
+                    restore=fault_db.start)  # start() runs crash recovery
 
 
 def test_postgres_hung_mid_storm(
         fault_db: FaultDatabase, scratch_db: str, fault_broker: FaultBroker,
         fault_config: Config, engine_factory: Callable[..., EngineProcess]) -> None:
-    zones = flood_gauges(fault_config)
-    engine = engine_factory(fault_broker.url, scratch_db)
-    engine.start()
-    fleet = Fleet(fault_broker.url, storm_for(zones, HANG_S), rate=RATE).start()
-    try:
-        wait_for("the stream to flow", lambda: len(stored_counts(scratch_db)) >= 60, 60)
-        t0 = time.monotonic()
-        fault_db.pause()
-        try:
-            time.sleep(HANG_S)  # the hang's length
-            assert engine.alive, engine.tail()
-        finally:
-            fault_db.resume()
-        end = time.monotonic()
-        recovery = wait_recovered(fleet, scratch_db, fleet.published, end)
-        wait_settled(fleet, scratch_db)
-        ledger = take_ledger(f"PostgreSQL hung (SIGSTOP) {HANG_S:g} s mid-storm", fleet,
-                             scratch_db, fault_s=end - t0, recovery_s=recovery)
-    finally:
-        fleet.close()
-    ledger.check(incidents=dict.fromkeys(zones, "waterlogging"))
-    assert engine.health()["database"]["connected"]
+    database_outage(scratch_db, fault_broker, fault_config, engine_factory,
+                    case=f"PostgreSQL hung (SIGSTOP) {HANG_S:g} s mid-storm", fault_s=HANG_S,
+                    strike=fault_db.pause, restore=fault_db.resume)
 
 
 @pytest.fixture
