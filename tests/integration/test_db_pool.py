@@ -40,8 +40,9 @@ def test_the_pool_connects_soon_after_the_database_returns(db_url: str) -> None:
         assert conn is not None, "the pool never connected again"
         assert conn.execute("SELECT 1").fetchone() == (1,)
         pool.putconn(conn)
-        # A try at most every RETRY_MAX_S (2 s), plus the try itself and the poll's step.
-        assert waited < 4.0, f"the pool took {waited:.1f} s after the database"
+        # A try at most every RETRY_MAX_S (2 s), plus the try itself and the poll's step, with
+        # room for a loaded machine. Uncapped, the next try comes 5.5-8.5 s after the return.
+        assert waited < 5.0, f"the pool took {waited:.1f} s after the database"
     finally:
         pool.close()
         proxy.close()
