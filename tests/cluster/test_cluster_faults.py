@@ -25,6 +25,7 @@ from tests.fix_cluster import (
 )
 from tests.fix_faults import (
     flood_gauges,
+    outbox_unsent,
     stored_total,
     storm,
     take_ledger,
@@ -62,6 +63,12 @@ def start_workers(cluster: NatsCluster, db_url: str, tmp_path: Path, n: int
     return workers
 
 
+def alert_count(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM alerts").fetchone()
+    return int(row[0]) if row else 0
+
+
 def print_alerts(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         for row in conn.execute("SELECT zone_id, hazard, severity, title FROM alerts "
@@ -95,6 +102,12 @@ def worker_fault(cluster: NatsCluster, db_url: str, config: Config, tmp_path: Pa
             undo(victim)
         recovery = wait_recovered(fleet, db_url, fleet.published, t0)
         wait_settled(fleet, db_url)
+        # Everything stored is not everything decided: the new owner raises the moved
+        # partitions' alerts on its next tick (the reorder allowance holds readings back), and
+        # their dispatches go out after that. Stopping the workers before would leave them unsent.
+        wait_for("an alert per flooded underpass, and the outbox drained",
+                 lambda: alert_count(db_url) >= len(zones) and outbox_unsent(db_url) == 0,
+                 timeout=60, interval=0.2)
         ledger = take_ledger(case, fleet, db_url, fault_s=moved, recovery_s=recovery,
                              note=f"partitions {theirs} moved to {other.id} in {moved:.1f} s "
                                   f"(lease TTL {LEASE_TTL_S:g} s)")
